@@ -1,0 +1,182 @@
+"""The site file: a TOML description of one deployment, plus secrets from the environment.
+
+Secrets never live in the site file. They come from environment variables named after the
+install guide's placeholders (``NOVA_DBPASS``, ``NOVA_PASS``, ``RABBIT_PASS``, ...), or, for
+the lab, from a generated file of mode 0600 that is loaded into :attr:`Site.secrets`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from novaconsole.errors import ConfigError
+
+#: Secret names (the guide's placeholders) that a site may need.
+SECRET_NAMES = (
+    "ADMIN_PASS",
+    "NOVA_DBPASS",
+    "NOVA_PASS",
+    "PLACEMENT_DBPASS",
+    "PLACEMENT_PASS",
+    "GLANCE_DBPASS",
+    "GLANCE_PASS",
+    "KEYSTONE_DBPASS",
+    "NEUTRON_DBPASS",
+    "NEUTRON_PASS",
+    "RABBIT_PASS",
+    "METADATA_SECRET",
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-:\[\]]{1,253}$")
+
+
+def valid_identifier(value: str, what: str) -> str:
+    """A database or user name safe to put in SQL as an identifier; else ConfigError."""
+    if not _IDENT.match(value):
+        raise ConfigError(f"invalid {what} {value!r}: use letters, digits and _ (max 64)")
+    return value
+
+
+def valid_host(value: str, what: str) -> str:
+    """A host name or IP address; else ConfigError."""
+    if not _HOST.match(value):
+        raise ConfigError(f"invalid {what} {value!r}: not a host name or IP address")
+    return value
+
+
+@dataclass
+class Site:
+    """Everything provisioning needs to know about one deployment.
+
+    Defaults describe the all-in-one lab on 127.0.0.1; a real site file overrides them.
+    """
+
+    #: Host name used in endpoint URLs and connection strings (the guide's ``controller``).
+    controller_host: str = "127.0.0.1"
+    #: The management IP of this node (``[DEFAULT] my_ip``).
+    my_ip: str = "127.0.0.1"
+    region: str = "RegionOne"
+    #: Admin URL of the database server (no password; ``DB_ROOT_PASS`` env if it needs one),
+    #: e.g. ``mysql+pymysql://root@127.0.0.1``; ``None`` means the SQLite embedded default.
+    database_url: str | None = None
+    #: Where SQLite databases live when ``database_url`` is ``None``.
+    sqlite_dir: Path = field(default_factory=lambda: Path("/var/lib/nova"))
+    rabbit_host: str = "127.0.0.1"
+    rabbit_port: int = 5672
+    rabbit_user: str = "openstack"
+    keystone_url: str = "http://127.0.0.1:5000"
+    memcached_servers: str = "127.0.0.1:11211"
+    glance_url: str = "http://127.0.0.1:9292"
+    placement_url: str = "http://127.0.0.1:8778"
+    neutron_url: str | None = None
+    nova_api_port: int = 8774
+    novncproxy_port: int = 6080
+    #: nova.conf to write, and where Nova keeps state and locks.
+    nova_conf: Path = field(default_factory=lambda: Path("/etc/nova/nova.conf"))
+    state_path: Path = field(default_factory=lambda: Path("/var/lib/nova"))
+    lock_path: Path = field(default_factory=lambda: Path("/var/lib/nova/tmp"))
+    #: Directory with nova-manage, nova-compute, ... (``None``: from ``PATH``).
+    nova_bin_dir: Path | None = None
+    #: Compute node settings.
+    compute_host: str = field(default_factory=socket.gethostname)
+    virt_type: str = "auto"  # auto | kvm | qemu
+    compute_driver: str = "auto"  # auto | libvirt | fake
+    #: Extra nova.conf options by section; the guide's old names are accepted and translated.
+    nova_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Secrets by guide placeholder name; filled from the environment, never from the file.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Where this site came from (for error messages).
+    source: str = "<defaults>"
+
+    def secret(self, name: str) -> str:
+        """A secret by its placeholder name, or a ConfigError naming the variable to set."""
+        value = self.secrets.get(name)
+        if not value:
+            raise ConfigError(
+                f"secret {name} is not set (from {self.source})", hint=f"export {name}=..."
+            )
+        return value
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url is None
+
+
+_SCALARS: dict[str, type] = {
+    "controller_host": str,
+    "my_ip": str,
+    "region": str,
+    "database_url": str,
+    "sqlite_dir": Path,
+    "rabbit_host": str,
+    "rabbit_port": int,
+    "rabbit_user": str,
+    "keystone_url": str,
+    "memcached_servers": str,
+    "glance_url": str,
+    "placement_url": str,
+    "neutron_url": str,
+    "nova_api_port": int,
+    "novncproxy_port": int,
+    "nova_conf": Path,
+    "state_path": Path,
+    "lock_path": Path,
+    "nova_bin_dir": Path,
+    "compute_host": str,
+    "virt_type": str,
+    "compute_driver": str,
+}
+
+
+def site_from_mapping(
+    data: dict[str, Any], source: str, environ: dict[str, str] | None = None
+) -> Site:
+    """Build a Site from parsed TOML (flat keys plus an optional ``[nova_options.SECTION]``)."""
+    site = Site(source=source)
+    for key, value in data.items():
+        if key == "nova_options":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(
+                    f"{source}: [nova_options] must hold one table per nova.conf section"
+                )
+            site.nova_options = {
+                s: {str(k): str(v) for k, v in opts.items()} for s, opts in value.items()
+            }
+            continue
+        kind = _SCALARS.get(key)
+        if kind is None:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{source}: {key} must be an integer, not {value!r}")
+        if kind is not int and not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
+        setattr(site, key, kind(value))
+    for key in ("controller_host", "my_ip", "rabbit_host"):
+        valid_host(getattr(site, key), f"{key} in {source}")
+    if site.virt_type not in ("auto", "kvm", "qemu"):
+        raise ConfigError(f"{source}: virt_type must be auto, kvm or qemu, not {site.virt_type!r}")
+    if site.compute_driver not in ("auto", "libvirt", "fake"):
+        raise ConfigError(f"{source}: compute_driver must be auto, libvirt or fake")
+    env = os.environ if environ is None else environ
+    site.secrets = {name: env[name] for name in SECRET_NAMES if env.get(name)}
+    return site
+
+
+def load_site(path: Path, environ: dict[str, str] | None = None) -> Site:
+    """Read and validate a site file; every problem is one ConfigError naming the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"site file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"site file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read site file {path}: {exc.strerror}") from exc
+    return site_from_mapping(data, str(path), environ)

@@ -1,0 +1,198 @@
+"""The provisioning step engine: check -> plan -> apply -> verify, idempotent by design.
+
+A :class:`Step` looks at what is there (``check``), says what it would change (``plan``),
+makes it so (``apply``) and proves it (``verify``). :func:`run_steps` runs a list of them,
+reports each as ok / changed / failed / skipped with its time, and stops at the first
+failure so nothing builds on a broken step. With ``dry_run`` it only plans.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from novaconsole.errors import NovaconsoleError, StepFailed
+
+Observed = TypeVar("Observed")
+
+
+class Status(enum.Enum):
+    """The outcome of one step."""
+
+    OK = "ok"  #: already as wanted, nothing done
+    CHANGED = "changed"  #: changes applied and verified
+    PLANNED = "planned"  #: dry run: changes that would be applied
+    FAILED = "failed"
+    SKIPPED = "skipped"  #: not run because an earlier step failed
+
+
+@dataclass
+class RunContext:
+    """What steps share during one run: options, a log, and a cache of open clients."""
+
+    dry_run: bool = False
+    #: Progress lines for the operator (never pass a secret here).
+    log: Callable[[str], None] = lambda _line: None
+    #: Lazily opened clients (database connections, openstacksdk connections) by key.
+    cache: dict[str, Any] = field(default_factory=dict)
+    #: Notes collected during the run (translations of old option names, choices made).
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        """Record a note once (shown after the run)."""
+        if text not in self.notes:
+            self.notes.append(text)
+            self.log(f"note: {text}")
+
+
+class Step(abc.ABC, Generic[Observed]):
+    """One idempotent provisioning action."""
+
+    #: Stable dotted identifier, e.g. ``controller.database.nova_api``.
+    name: str = "step"
+    #: One line for humans, e.g. "database nova_api and grants for 'nova'".
+    description: str = ""
+
+    @abc.abstractmethod
+    def check(self, ctx: RunContext) -> Observed:
+        """Look at the current state; must not change anything."""
+
+    @abc.abstractmethod
+    def plan(self, ctx: RunContext, observed: Observed) -> list[str]:
+        """The changes needed to reach the wanted state; empty when already there."""
+
+    @abc.abstractmethod
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        """Make the planned changes."""
+
+    def verify(self, ctx: RunContext) -> None:
+        """Prove the wanted state holds; the default re-checks and expects an empty plan."""
+        remaining = self.plan(ctx, self.check(ctx))
+        if remaining:
+            raise StepFailed(f"{self.name}: still not converged after apply: {remaining[0]}")
+
+
+@dataclass
+class StepResult:
+    """How one step went."""
+
+    name: str
+    description: str
+    status: Status
+    seconds: float
+    changes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "status": self.status.value,
+            "seconds": round(self.seconds, 3),
+            "changes": self.changes,
+            "error": self.error,
+        }
+
+
+class Reporter(Protocol):
+    """Receives live progress of a run."""
+
+    def started(self, step: Step[Any]) -> None: ...
+
+    def finished(self, result: StepResult) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that shows nothing (library use, tests)."""
+
+    def started(self, step: Step[Any]) -> None:
+        return None
+
+    def finished(self, result: StepResult) -> None:
+        return None
+
+
+@dataclass
+class RunReport:
+    """All step results of one run."""
+
+    results: list[StepResult]
+    notes: list[str]
+
+    @property
+    def failed(self) -> list[StepResult]:
+        return [r for r in self.results if r.status is Status.FAILED]
+
+    @property
+    def changed(self) -> list[StepResult]:
+        return [r for r in self.results if r.status in (Status.CHANGED, Status.PLANNED)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "changed": len(self.changed),
+            "steps": [r.as_dict() for r in self.results],
+            "notes": self.notes,
+        }
+
+
+def run_step(step: Step[Any], ctx: RunContext) -> StepResult:
+    """Run one step through check, plan, apply and verify."""
+    start = time.monotonic()
+    changes: list[str] = []
+    try:
+        changes = step.plan(ctx, step.check(ctx))
+        if not changes:
+            status = Status.OK
+        elif ctx.dry_run:
+            status = Status.PLANNED
+        else:
+            step.apply(ctx, changes)
+            step.verify(ctx)
+            status = Status.CHANGED
+    except NovaconsoleError as exc:
+        return StepResult(
+            step.name,
+            step.description,
+            Status.FAILED,
+            time.monotonic() - start,
+            changes,
+            exc.one_line(),
+        )
+    except Exception as exc:  # an unexpected failure still becomes a reported step failure
+        return StepResult(
+            step.name,
+            step.description,
+            Status.FAILED,
+            time.monotonic() - start,
+            changes,
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+        )
+    return StepResult(step.name, step.description, status, time.monotonic() - start, changes)
+
+
+def run_steps(
+    steps: Iterable[Step[Any]], ctx: RunContext, reporter: Reporter | None = None
+) -> RunReport:
+    """Run steps in order; after a failure the rest are reported as skipped."""
+    reporter = reporter or SilentReporter()
+    results: list[StepResult] = []
+    failed = False
+    for step in steps:
+        if failed:
+            result = StepResult(step.name, step.description, Status.SKIPPED, 0.0)
+        else:
+            reporter.started(step)
+            result = run_step(step, ctx)
+            failed = result.status is Status.FAILED
+        results.append(result)
+        reporter.finished(result)
+    return RunReport(results, list(ctx.notes))
