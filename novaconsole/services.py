@@ -1,0 +1,262 @@
+"""Keeping services running: supervisord (from PyPI) where systemd does not run.
+
+A :class:`ServiceSpec` says how to run one service; :class:`Supervisor` writes a
+supervisord configuration for a set of them (one log file per service), starts
+supervisord if needed and applies changes with ``reread``/``update`` so that re-running
+restarts only what changed. Stopping sends each program its stop signal and SIGKILL
+after a grace period (nova-compute with libvirt ignores SIGTERM), then checks by pid
+that nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from novaconsole.errors import NovaconsoleError
+from novaconsole.fileutil import atomic_write
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one long-lived service."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: TCP port the service listens on (for health and "port taken" checks), if any.
+    port: int | None = None
+    #: Signal that asks it to stop, and how long to wait before SIGKILL.
+    stop_signal: str = "TERM"
+    stop_wait: int = 10
+    directory: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What supervisord says of one program."""
+
+    name: str
+    state: str  # RUNNING, STARTING, BACKOFF, FATAL, STOPPED, EXITED, ...
+    pid: int | None
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_STATUS = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?:pid (?P<pid>\d+))?")
+
+
+def _quote(value: str) -> str:
+    # supervisord's config uses %-interpolation and its own quoting for environment values.
+    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+
+def render_program(spec: ServiceSpec, log_dir: Path) -> str:
+    """The ``[program:NAME]`` section for one service."""
+    if not _NAME.match(spec.name):
+        raise NovaconsoleError(f"invalid service name {spec.name!r}")
+    command = " ".join(
+        _quote(a) if (" " in a or '"' in a) else a.replace("%", "%%") for a in spec.argv
+    )
+    lines = [
+        f"[program:{spec.name}]",
+        f"command={command}",
+        "autostart=true",
+        "autorestart=true",
+        "startsecs=3",
+        "startretries=3",
+        f"stopsignal={spec.stop_signal}",
+        f"stopwaitsecs={spec.stop_wait}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={log_dir / (spec.name + '.log')}",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=2",
+    ]
+    if spec.directory:
+        lines.append(f"directory={spec.directory}")
+    if spec.env:
+        env = ",".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
+        lines.append(f"environment={env}")
+    return "\n".join(lines) + "\n"
+
+
+class Supervisor:
+    """A supervisord instance that owns a set of services under ``state_dir``."""
+
+    def __init__(self, state_dir: Path, bin_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.bin_dir = bin_dir
+        self.conf = state_dir / "supervisord.conf"
+        self.socket = state_dir / "supervisor.sock"
+        self.pidfile = state_dir / "supervisord.pid"
+        self.log_dir = state_dir / "logs"
+
+    # -- configuration ---------------------------------------------------------------
+
+    def render(self, specs: Iterable[ServiceSpec]) -> str:
+        head = (
+            "; written by novaconsole: one program per service, one log file each\n"
+            "[unix_http_server]\n"
+            f"file={self.socket}\n"
+            "chmod=0700\n\n"
+            "[supervisord]\n"
+            f"logfile={self.log_dir / 'supervisord.log'}\n"
+            f"pidfile={self.pidfile}\n"
+            f"childlogdir={self.log_dir}\n"
+            "nodaemon=false\n"
+            "minfds=4096\n\n"
+            "[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+            "[supervisorctl]\n"
+            f"serverurl=unix://{self.socket}\n\n"
+        )
+        return head + "\n".join(render_program(s, self.log_dir) for s in specs)
+
+    def write_config(self, specs: Iterable[ServiceSpec]) -> bool:
+        """Write the configuration; True when it changed."""
+        text = self.render(specs)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.conf.read_text() == text:
+                return False
+        except FileNotFoundError:
+            pass
+        atomic_write(self.conf, text, mode=0o600)
+        return True
+
+    # -- control ---------------------------------------------------------------------
+
+    def daemon_pid(self) -> int | None:
+        """supervisord's pid if it is alive."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [str(self.bin_dir / "supervisorctl"), "-c", str(self.conf), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # supervisorctl exits 3 when some program is not running; that is data, not failure.
+        if check and proc.returncode not in (0, 3):
+            raise NovaconsoleError(
+                f"supervisorctl {' '.join(args)} failed (exit {proc.returncode}) for {self.conf}: "
+                f"{' '.join((proc.stdout + proc.stderr).split())[:200]}"
+            )
+        return proc.stdout
+
+    def start_daemon(self) -> None:
+        if self.daemon_pid() is not None:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [str(self.bin_dir / "supervisord"), "-c", str(self.conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise NovaconsoleError(
+                f"supervisord failed to start with {self.conf}: "
+                f"{' '.join((proc.stdout + proc.stderr).split())[:200]}"
+            )
+        deadline = time.monotonic() + 10
+        while not self.socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def apply(self) -> None:
+        """Start supervisord, or make a running one pick up configuration changes."""
+        if self.daemon_pid() is None:
+            self.start_daemon()
+        else:
+            self.ctl("reread")
+            self.ctl("update")
+
+    def status(self) -> dict[str, ServiceState]:
+        if self.daemon_pid() is None:
+            return {}
+        states: dict[str, ServiceState] = {}
+        for line in self.ctl("status", check=False).splitlines():
+            m = _STATUS.match(line)
+            if m:
+                pid = int(m["pid"]) if m["pid"] else None
+                states[m["name"]] = ServiceState(m["name"], m["state"], pid)
+        return states
+
+    def wait_running(self, names: Iterable[str], timeout: float) -> dict[str, ServiceState]:
+        """Wait until every named program is RUNNING; raise naming the first that is not."""
+        wanted = list(names)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.status()
+            bad = [n for n in wanted if states.get(n) is None or states[n].state != "RUNNING"]
+            if not bad:
+                return states
+            fatal = [n for n in bad if n in states and states[n].state in ("FATAL", "EXITED")]
+            if fatal or time.monotonic() > deadline:
+                name = (fatal or bad)[0]
+                state = states[name].state if name in states else "missing"
+                raise NovaconsoleError(
+                    f"service {name} is {state}, not RUNNING; see {self.log_dir / (name + '.log')}"
+                )
+            time.sleep(0.5)
+
+    def stop_all(self, timeout: float = 60.0) -> list[int]:
+        """Stop every program and supervisord; SIGKILL leftovers. Returns pids still alive."""
+        pids = [s.pid for s in self.status().values() if s.pid]
+        daemon = self.daemon_pid()
+        if daemon is not None:
+            self.ctl("stop", "all", check=False)
+            self.ctl("shutdown", check=False)
+            pids.append(daemon)
+        deadline = time.monotonic() + timeout
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if _alive(p)]
+            if alive:
+                time.sleep(0.2)
+        for pid in alive:
+            with _suppress_lookup():
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        return [p for p in alive if _alive(p)]
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is ProcessLookupError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
