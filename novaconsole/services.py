@@ -100,9 +100,14 @@ class Supervisor:
 
     # -- configuration ---------------------------------------------------------------
 
-    def render(self, specs: Iterable[ServiceSpec]) -> str:
-        head = (
-            "; written by novaconsole: one program per service, one log file each\n"
+    @property
+    def programs_dir(self) -> Path:
+        """One ``NAME.conf`` per program, so several owners can add services independently."""
+        return self.state_dir / "programs.d"
+
+    def render_main(self) -> str:
+        return (
+            "; written by novaconsole: programs live in programs.d/, one log file each\n"
             "[unix_http_server]\n"
             f"file={self.socket}\n"
             "chmod=0700\n\n"
@@ -116,20 +121,44 @@ class Supervisor:
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
             "[supervisorctl]\n"
             f"serverurl=unix://{self.socket}\n\n"
+            "[include]\n"
+            f"files = {self.programs_dir}/*.conf\n"
         )
-        return head + "\n".join(render_program(s, self.log_dir) for s in specs)
 
-    def write_config(self, specs: Iterable[ServiceSpec]) -> bool:
-        """Write the configuration; True when it changed."""
-        text = self.render(specs)
+    def pending(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        """Names of programs whose configuration differs from ``specs`` (or is missing)."""
+        changed = []
+        for spec in specs:
+            path = self.programs_dir / f"{spec.name}.conf"
+            try:
+                current = path.read_text()
+            except FileNotFoundError:
+                current = None
+            if current != render_program(spec, self.log_dir):
+                changed.append(spec.name)
+        return changed
+
+    def install(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        """Write the main configuration and each program's file; return changed programs."""
+        specs = list(specs)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.programs_dir.mkdir(parents=True, exist_ok=True)
+        main = self.render_main()
         try:
-            if self.conf.read_text() == text:
-                return False
+            same = self.conf.read_text() == main
         except FileNotFoundError:
-            pass
-        atomic_write(self.conf, text, mode=0o600)
-        return True
+            same = False
+        if not same:
+            atomic_write(self.conf, main, mode=0o600)
+        changed = self.pending(specs)
+        for spec in specs:
+            if spec.name in changed:
+                atomic_write(
+                    self.programs_dir / f"{spec.name}.conf",
+                    render_program(spec, self.log_dir),
+                    mode=0o600,
+                )
+        return changed
 
     # -- control ---------------------------------------------------------------------
 
@@ -181,13 +210,20 @@ class Supervisor:
         while not self.socket.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def apply(self) -> None:
-        """Start supervisord, or make a running one pick up configuration changes."""
+    def apply(self, restart: Iterable[str] = ()) -> None:
+        """Start supervisord, or make a running one pick up configuration changes.
+
+        ``update`` restarts programs whose own file changed; ``restart`` names programs to
+        restart besides (their configuration files changed, not their command line).
+        """
         if self.daemon_pid() is None:
             self.start_daemon()
-        else:
-            self.ctl("reread")
-            self.ctl("update")
+            return
+        self.ctl("reread")
+        self.ctl("update")
+        names = list(restart)
+        if names:
+            self.ctl("restart", *names)
 
     def status(self) -> dict[str, ServiceState]:
         if self.daemon_pid() is None:
@@ -237,6 +273,72 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
         return [p for p in alive if _alive(p)]
+
+
+WSGI_SHIM = """\
+# Written by novaconsole. oslo.config parses sys.argv, so the WSGI server's own arguments
+# would crash the app ("unrecognized arguments"): hide them before the app is imported.
+import sys
+
+sys.argv = sys.argv[:1]
+from {module} import application  # noqa: E402,F401
+"""
+
+
+def wsgi_service(
+    name: str,
+    *,
+    module: str,
+    port: int,
+    bin_dir: Path,
+    shim_dir: Path,
+    env: Mapping[str, str],
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    threads: int = 4,
+    timeout: int = 120,
+) -> ServiceSpec:
+    """A gunicorn-served WSGI API (``module`` exposes ``application``).
+
+    Writes a small shim module into ``shim_dir`` that resets ``sys.argv`` before importing
+    the application; gunicorn runs with ``--no-control-socket`` so several can share a host.
+    """
+    shim_name = "wsgi_" + name.replace("-", "_")
+    shim = shim_dir / f"{shim_name}.py"
+    text = WSGI_SHIM.format(module=module)
+    try:
+        current = shim.read_text()
+    except FileNotFoundError:
+        current = None
+    if current != text:
+        atomic_write(shim, text, mode=0o644)
+    argv = (
+        str(bin_dir / "gunicorn"),
+        "--no-control-socket",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        str(timeout),
+        "--chdir",
+        str(shim_dir),
+        "--name",
+        name,
+        f"{shim_name}:application",
+    )
+    return ServiceSpec(name=name, argv=argv, env=dict(env), port=port, stop_wait=15)
+
+
+def port_owner(host: str, port: int) -> bool:
+    """True when something already accepts TCP connections on ``host:port``."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 class _suppress_lookup:

@@ -88,6 +88,15 @@ class Site:
     compute_host: str = field(default_factory=socket.gethostname)
     virt_type: str = "auto"  # auto | kvm | qemu
     compute_driver: str = "auto"  # auto | libvirt | fake
+    #: Admin cloud (clouds.yaml name) for Keystone steps; ``None``: the ``OS_*`` environment.
+    os_cloud: str | None = None
+    #: Services besides Nova that provisioning sets up databases and identities for
+    #: (the guide's own chapters for them; the lab uses keystone, glance, placement, neutron).
+    extra_services: list[str] = field(default_factory=list)
+    #: Where the service keeper (supervisord) keeps its configuration, sockets and logs.
+    services_dir: Path = field(default_factory=lambda: Path("/var/lib/novaconsole/services"))
+    #: Directory with ``supervisord``/``supervisorctl`` (``None``: next to ``nova_bin_dir``).
+    supervisor_bin_dir: Path | None = None
     #: Extra nova.conf options by section; the guide's old names are accepted and translated.
     nova_options: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Secrets by guide placeholder name; filled from the environment, never from the file.
@@ -132,7 +141,12 @@ _SCALARS: dict[str, type] = {
     "compute_host": str,
     "virt_type": str,
     "compute_driver": str,
+    "os_cloud": str,
+    "services_dir": Path,
+    "supervisor_bin_dir": Path,
 }
+
+_KNOWN_EXTRA_SERVICES = ("keystone", "glance", "placement", "neutron")
 
 
 def site_from_mapping(

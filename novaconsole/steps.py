@@ -19,6 +19,31 @@ from novaconsole.errors import NovaconsoleError, StepFailed
 
 Observed = TypeVar("Observed")
 
+#: The order in which steps of different owners (controller plugin, compute plugin, the lab)
+#: interleave: a step's ``phase`` places it; steps keep their relative order inside a phase.
+PHASES: tuple[str, ...] = (
+    "prepare",  # packages, venvs, host facts, message queue, memcached
+    "database",  # databases, grants
+    "identity-bootstrap",  # keystone itself (lab only), clouds.yaml, admin-openrc
+    "identity",  # keystone users, roles, services, endpoints
+    "dependencies",  # services Nova depends on (lab: glance, placement, neutron)
+    "config",  # nova.conf (controller and compute sections)
+    "schema",  # nova-manage syncs and cell mappings
+    "services",  # long-running services started and healthy
+    "discover",  # cell_v2 discover_hosts and friends
+    "finish",  # images, flavors, checks
+)
+
+
+def order_by_phase(steps: Iterable[Step[Any]]) -> list[Step[Any]]:
+    """Sort steps by :data:`PHASES` (stable, so each owner's order within a phase holds)."""
+    rank = {phase: i for i, phase in enumerate(PHASES)}
+    listed = list(steps)
+    for step in listed:
+        if step.phase not in rank:
+            raise ValueError(f"step {step.name} has unknown phase {step.phase!r}")
+    return sorted(listed, key=lambda step: rank[step.phase])
+
 
 class Status(enum.Enum):
     """The outcome of one step."""
@@ -56,6 +81,8 @@ class Step(abc.ABC, Generic[Observed]):
     name: str = "step"
     #: One line for humans, e.g. "database nova_api and grants for 'nova'".
     description: str = ""
+    #: Where the step goes in a combined run (one of :data:`PHASES`).
+    phase: str = "config"
 
     @abc.abstractmethod
     def check(self, ctx: RunContext) -> Observed:
