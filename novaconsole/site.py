@@ -78,6 +78,8 @@ class Site:
     neutron_url: str | None = None
     nova_api_port: int = 8774
     novncproxy_port: int = 6080
+    #: noVNC's web files for nova-novncproxy ``--web`` (Debian package ``novnc``).
+    novnc_web: Path = field(default_factory=lambda: Path("/usr/share/novnc"))
     #: nova.conf to write, and where Nova keeps state and locks.
     nova_conf: Path = field(default_factory=lambda: Path("/etc/nova/nova.conf"))
     state_path: Path = field(default_factory=lambda: Path("/var/lib/nova"))
@@ -88,6 +90,16 @@ class Site:
     compute_host: str = field(default_factory=socket.gethostname)
     virt_type: str = "auto"  # auto | kvm | qemu
     compute_driver: str = "auto"  # auto | libvirt | fake
+    #: ``[libvirt] cpu_mode`` / ``cpu_model_extra_flags`` ("" leaves Nova's default). The
+    #: defaults boot on nested KVM whose default CPU model is rejected (ARCHITECTURE.md).
+    libvirt_cpu_mode: str = "host-model"
+    libvirt_cpu_model_extra_flags: str = "-arch-capabilities"
+    #: ``[vnc] server_listen``; ``None``: my_ip on an all-in-one node, else 0.0.0.0 (guide).
+    vnc_server_listen: str | None = None
+    #: ``[vnc] novncproxy_base_url``; ``None``: http://CONTROLLER:PORT/vnc_auto.html.
+    novncproxy_base_url: str | None = None
+    #: Seconds to wait for the compute host to register and be mapped to a cell.
+    discover_timeout: int = 120
     #: Admin cloud (clouds.yaml name) for Keystone steps; ``None``: the ``OS_*`` environment.
     os_cloud: str | None = None
     #: Services besides Nova that provisioning sets up databases and identities for
@@ -134,6 +146,7 @@ _SCALARS: dict[str, type] = {
     "neutron_url": str,
     "nova_api_port": int,
     "novncproxy_port": int,
+    "novnc_web": Path,
     "nova_conf": Path,
     "state_path": Path,
     "lock_path": Path,
@@ -141,6 +154,11 @@ _SCALARS: dict[str, type] = {
     "compute_host": str,
     "virt_type": str,
     "compute_driver": str,
+    "libvirt_cpu_mode": str,
+    "libvirt_cpu_model_extra_flags": str,
+    "vnc_server_listen": str,
+    "novncproxy_base_url": str,
+    "discover_timeout": int,
     "os_cloud": str,
     "services_dir": Path,
     "supervisor_bin_dir": Path,
