@@ -71,6 +71,15 @@ def novaconsole_order_steps(role: str, steps: list[Step]) -> None:
     """Reorder, replace or drop steps in place before a run starts."""
 
 
+@hookspec
+def novaconsole_host_facts(site: Site) -> dict[str, str]:
+    """Return facts about this host that provisioning decided on (driver, virt_type, why).
+
+    ``lab status`` shows them; keys are short names, values one line each.
+    """
+    raise NotImplementedError
+
+
 # -- checks -----------------------------------------------------------------------------
 
 

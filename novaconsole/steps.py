@@ -66,6 +66,8 @@ class RunContext:
     cache: dict[str, Any] = field(default_factory=dict)
     #: Notes collected during the run (translations of old option names, choices made).
     notes: list[str] = field(default_factory=list)
+    #: Set once a dry run has planned a change (later checks may depend on it).
+    planned_before: bool = False
 
     def note(self, text: str) -> None:
         """Record a note once (shown after the run)."""
@@ -176,11 +178,26 @@ def run_step(step: Step[Any], ctx: RunContext) -> StepResult:
     start = time.monotonic()
     changes: list[str] = []
     try:
-        changes = step.plan(ctx, step.check(ctx))
+        try:
+            observed = step.check(ctx)
+        except NovaconsoleError as exc:
+            if not (ctx.dry_run and ctx.planned_before):
+                raise
+            # In a dry run, earlier planned changes (a service not yet started, a cloud not
+            # yet written) may be what this check needs: report it as planned, not failed.
+            return StepResult(
+                step.name,
+                step.description,
+                Status.PLANNED,
+                time.monotonic() - start,
+                [f"decided once earlier steps are applied ({exc.one_line()})"],
+            )
+        changes = step.plan(ctx, observed)
         if not changes:
             status = Status.OK
         elif ctx.dry_run:
             status = Status.PLANNED
+            ctx.planned_before = True
         else:
             step.apply(ctx, changes)
             step.verify(ctx)

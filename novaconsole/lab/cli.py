@@ -2,10 +2,88 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
 from typing import Any
+
+from novaconsole.errors import EXIT_CHECK_FAILED, EXIT_OK
+from novaconsole.output import emit_json, render_table
+from novaconsole.progress import LineReporter, summary
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from novaconsole.lab.runner import default_config, lab_up, parse_port_overrides
+
+    config = default_config(args.state_dir)
+    parse_port_overrides(args.port or [], config)
+    if args.db is not None:
+        config.db_url = None if args.db == "sqlite" else args.db
+    reporter = LineReporter(verbose=not args.quiet)
+    started = time.monotonic()
+    what = "planning" if args.dry_run else "bringing up"
+    reporter.log(f"{what} the novaconsole lab in {config.state_dir}")
+    report = lab_up(
+        config, args.plugin_manager, dry_run=args.dry_run, reporter=reporter, log=reporter.log
+    )
+    if args.format == "json":
+        emit_json({**report.as_dict(), "seconds": round(time.monotonic() - started, 2)})
+    reporter.log(summary(report))
+    if report.ok and not args.dry_run:
+        reporter.log(
+            "lab is up: `openstack --os-cloud novaconsole-lab compute service list`, "
+            "`novaconsole verify --os-cloud novaconsole-lab`, `novaconsole` for the console"
+        )
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from novaconsole.lab.runner import default_config, lab_status
+
+    status = lab_status(default_config(args.state_dir), args.plugin_manager)
+    if args.format == "json":
+        emit_json(status)
+    else:
+        print(
+            f"lab in {status['state_dir']}: {'up' if status['up'] else 'DOWN'} (database: {status['database']})"
+        )
+        if status["services"]:
+            print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
+        for key, value in status["compute"].items():
+            print(f"{key}: {value}")
+    return EXIT_OK if status["up"] else EXIT_CHECK_FAILED
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from novaconsole.lab.runner import default_config, lab_down
+
+    result = lab_down(default_config(args.state_dir))
+    if args.format == "json":
+        emit_json(result)
+    else:
+        print(f"stopped: {', '.join(result['stopped']) or 'nothing was running'}", file=sys.stderr)
+    return EXIT_OK
 
 
 def add_lab_command(sub: Any) -> None:
     """Register ``lab`` on the top-level sub-parsers."""
     p = sub.add_parser("lab", help="a real all-in-one Nova lab on 127.0.0.1")
-    p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    actions = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    for name, func, help_text in (
+        ("up", _cmd_up, "stand the lab up (re-run: converge, zero changes)"),
+        ("status", _cmd_status, "each service with pid, port and health"),
+        ("down", _cmd_down, "stop every process the lab started"),
+    ):
+        a = actions.add_parser(name, help=help_text)
+        a.add_argument(
+            "--state-dir", metavar="DIR", help="lab state (default: $XDG_DATA_HOME/novaconsole/lab)"
+        )
+        a.add_argument("-f", "--format", choices=("table", "json"), default="table")
+        a.set_defaults(func=func)
+        if name == "up":
+            a.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+            a.add_argument(
+                "--db", metavar="URL", help="database server admin URL (default: sqlite)"
+            )
+            a.add_argument("--port", action="append", metavar="NAME=PORT", help="override a port")
+            a.add_argument("-q", "--quiet", action="store_true", help="no per-change lines")

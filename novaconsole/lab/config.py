@@ -1,0 +1,117 @@
+"""The lab's settings (ports, state directory, database) and its generated secrets."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from novaconsole.errors import ConfigError
+from novaconsole.fileutil import atomic_write
+from novaconsole.lab.venvs import default_state_dir
+from novaconsole.site import SECRET_NAMES
+
+DEFAULT_PORTS: dict[str, int] = {
+    "keystone": 5000,
+    "glance": 9292,
+    "placement": 8778,
+    "neutron": 9696,
+    "nova-api": 8774,
+    "novncproxy": 6080,
+    "memcached": 11211,
+}
+
+#: The RabbitMQ account the lab creates for OpenStack (the guide's ``openstack`` user).
+RABBIT_USER = "novaconsole-lab"
+
+
+@dataclass
+class LabConfig:
+    """Where the lab lives and how it is reached. Everything listens on 127.0.0.1."""
+
+    state_dir: Path = field(default_factory=default_state_dir)
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: Admin URL of a database server; ``None`` means SQLite files under the state dir.
+    db_url: str | None = None
+    rabbit_host: str = "127.0.0.1"
+    rabbit_port: int = 5672
+    region: str = "RegionOne"
+
+    @property
+    def venvs_dir(self) -> Path:
+        return self.state_dir / "venvs"
+
+    @property
+    def etc(self) -> Path:
+        return self.state_dir / "etc"
+
+    @property
+    def services_dir(self) -> Path:
+        return self.state_dir / "services"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.services_dir / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.json"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.state_dir / "READY"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.state_dir / "lab.json"
+
+    def url(self, service: str, path: str = "") -> str:
+        return f"http://{self.host}:{self.ports[service]}{path}"
+
+    def save(self) -> None:
+        """Remember ports and database choice so ``status``/``down`` find the same lab."""
+        data = {"ports": self.ports, "db_url": self.db_url, "host": self.host}
+        atomic_write(self.settings_file, json.dumps(data, indent=2) + "\n", mode=0o600)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LabConfig:
+        """The saved settings of the lab in ``state_dir`` (defaults if it has none)."""
+        config = cls(state_dir=state_dir)
+        try:
+            data = json.loads(config.settings_file.read_text())
+        except FileNotFoundError:
+            return config
+        except ValueError as exc:
+            raise ConfigError(f"lab settings {config.settings_file} are corrupt: {exc}") from exc
+        config.ports.update({k: int(v) for k, v in data.get("ports", {}).items()})
+        config.db_url = data.get("db_url")
+        config.host = data.get("host", config.host)
+        return config
+
+
+def load_or_create_secrets(path: Path, *, write: bool = True) -> dict[str, str]:
+    """The lab's passwords: generated once, kept in a 0600 file, never printed.
+
+    With ``write=False`` (dry runs) missing ones are generated in memory only.
+    """
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        stored = {}
+    except ValueError as exc:
+        raise ConfigError(f"lab secrets file {path} is corrupt: {exc}") from exc
+    if not isinstance(stored, dict):
+        raise ConfigError(f"lab secrets file {path} is corrupt: not a JSON object")
+    missing = [name for name in SECRET_NAMES if not stored.get(name)]
+    if missing:
+        for name in missing:
+            stored[name] = secrets.token_urlsafe(18)
+        if write:
+            atomic_write(path, json.dumps(stored, indent=2) + "\n", mode=0o600)
+    return {str(k): str(v) for k, v in stored.items()}

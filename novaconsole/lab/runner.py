@@ -1,0 +1,221 @@
+"""``lab up``, ``lab status`` and ``lab down``: the all-in-one lab's life-cycle."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from novaconsole.errors import NovaconsoleError
+from novaconsole.lab import steps as lab
+from novaconsole.lab.config import RABBIT_USER, LabConfig, load_or_create_secrets
+from novaconsole.lab.generic import http_health
+from novaconsole.lab.venvs import lab_venvs
+from novaconsole.plugins import PluginManager
+from novaconsole.services import Supervisor
+from novaconsole.site import Site
+from novaconsole.steps import Reporter, RunContext, RunReport, Step, order_by_phase, run_steps
+
+#: Health URL of each API service, by supervisor program name.
+HEALTH_PATHS = {
+    "keystone": ("keystone", "/v3"),
+    "glance-api": ("glance", "/healthcheck"),
+    "placement-api": ("placement", "/"),
+    "neutron-api": ("neutron", "/"),
+    "nova-api": ("nova-api", "/"),
+    "nova-novncproxy": ("novncproxy", "/vnc_lite.html"),
+}
+
+
+def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
+    """The Site the controller and compute plugins provision for the lab."""
+    venv = lab_venvs(config.venvs_dir)["openstack"]
+    data = config.data_dir
+    return Site(
+        controller_host=config.host,
+        my_ip=config.host,
+        region=config.region,
+        database_url=config.db_url,
+        sqlite_dir=data / "db",
+        rabbit_host=config.rabbit_host,
+        rabbit_port=config.rabbit_port,
+        rabbit_user=RABBIT_USER,
+        keystone_url=config.url("keystone"),
+        memcached_servers=f"{config.host}:{config.ports['memcached']}",
+        glance_url=config.url("glance"),
+        placement_url=config.url("placement"),
+        neutron_url=config.url("neutron"),
+        nova_api_port=config.ports["nova-api"],
+        novncproxy_port=config.ports["novncproxy"],
+        nova_conf=config.etc / "nova" / "nova.conf",
+        state_path=data / "nova",
+        lock_path=data / "nova" / "tmp",
+        nova_bin_dir=venv.bin,
+        os_cloud="novaconsole-lab",
+        extra_services=["keystone", "glance", "placement", "neutron"],
+        services_dir=config.services_dir,
+        supervisor_bin_dir=venv.bin,
+        secrets=secrets,
+        source=f"lab at {config.state_dir}",
+    )
+
+
+def supervisor_for(config: LabConfig) -> Supervisor:
+    return Supervisor(config.services_dir, lab_venvs(config.venvs_dir)["openstack"].bin)
+
+
+def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any]]:
+    """Every step of ``lab up``: the lab's own and the plugins', ordered by phase."""
+    supervisor = supervisor_for(config)
+    venvs = lab_venvs(config.venvs_dir)
+    ours: list[Step[Any]] = [
+        lab.SystemPackagesStep(),
+        lab.VenvsStep(config),
+        lab.RabbitStep(config, site.secret("RABBIT_PASS")),
+        *lab.memcached_steps(config, supervisor),
+        lab.NoVNCStep(config),
+        *lab.keystone_steps(config, site, venvs["openstack"], supervisor),
+        *lab.glance_steps(config, site, venvs["openstack"], supervisor),
+        *lab.placement_steps(config, site, venvs["openstack"], supervisor),
+        *lab.neutron_steps(config, site, venvs["neutron"], supervisor),
+        lab.TestImageStep(),
+        lab.TestFlavorStep(),
+    ]
+    theirs: list[Step[Any]] = []
+    for role in ("controller", "compute"):
+        for result in pm.hook.novaconsole_provision_steps(role=role, site=site):
+            theirs.extend(result)
+    steps = order_by_phase([*ours, *theirs])
+    for role in ("controller", "compute"):
+        pm.hook.novaconsole_order_steps(role=role, steps=steps)
+    return steps
+
+
+def lab_up(
+    config: LabConfig, pm: PluginManager, *, dry_run: bool, reporter: Reporter, log: Any
+) -> RunReport:
+    """Stand the lab up (or converge a running one); READY marks a lab that passed."""
+    if not dry_run:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        config.save()
+    secrets = load_or_create_secrets(config.secrets_file, write=not dry_run)
+    site = lab_site(config, secrets)
+    ctx = RunContext(dry_run=dry_run, log=log)
+    try:
+        report = run_steps(lab_steps(config, pm, site), ctx, reporter)
+    finally:
+        for client in ctx.cache.values():
+            close = getattr(client, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+    if report.ok and not dry_run:
+        config.ready_file.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+    elif not report.ok:
+        config.ready_file.unlink(missing_ok=True)
+    return report
+
+
+def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
+    """Each service with its pid, port and health; the compute driver and why."""
+    supervisor = supervisor_for(config)
+    states = supervisor.status()
+    rows = []
+    for name, state in sorted(states.items()):
+        port: int | None = None
+        health = "running" if state.state == "RUNNING" else state.state.lower()
+        if name in HEALTH_PATHS:
+            key, path = HEALTH_PATHS[name]
+            port = config.ports[key]
+            if state.state == "RUNNING":
+                problem = http_health(f"http://{config.host}:{port}{path}", timeout=3)
+                health = "healthy" if problem is None else f"unhealthy: {problem}"
+        elif name == "memcached":
+            port = config.ports["memcached"]
+        rows.append(
+            {
+                "service": name,
+                "state": state.state,
+                "pid": state.pid,
+                "port": port,
+                "health": health,
+            }
+        )
+    facts: dict[str, str] = {}
+    if config.secrets_file.exists():
+        site = lab_site(config, load_or_create_secrets(config.secrets_file))
+        for result in pm.hook.novaconsole_host_facts(site=site):
+            facts.update(result)
+    up = bool(rows) and all(r["health"] in ("healthy", "running") for r in rows)
+    return {
+        "state_dir": str(config.state_dir),
+        "ready": config.ready_file.exists(),
+        "up": up,
+        "database": "sqlite" if config.db_url is None else _redacted_db(config.db_url),
+        "services": rows,
+        "compute": facts,
+        "supervisor_pid": supervisor.daemon_pid(),
+    }
+
+
+def _redacted_db(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.username or ''}@{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+
+
+def _destroy_lab_domains() -> list[str]:
+    """Stop the lab's guests (nova's ``instance-*`` domains) so none outlives the lab."""
+    if not shutil.which("virsh"):
+        return []
+    listing = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    names = [n for n in listing.stdout.split() if n.startswith("instance-")]
+    for name in names:
+        for cmd in (["destroy", name], ["undefine", "--nvram", name]):
+            subprocess.run(
+                ["virsh", "-c", "qemu:///system", *cmd],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+    return names
+
+
+def lab_down(config: LabConfig) -> dict[str, Any]:
+    """Stop every process the lab started, by pid, and check none is left."""
+    supervisor = supervisor_for(config)
+    states = supervisor.status()
+    domains = _destroy_lab_domains() if "libvirtd" in states else []
+    leftover = supervisor.stop_all()
+    config.ready_file.unlink(missing_ok=True)
+    if leftover:
+        raise NovaconsoleError(f"lab down: processes still alive after SIGKILL: {leftover}")
+    return {"stopped": sorted(states), "domains_destroyed": domains}
+
+
+def parse_port_overrides(values: list[str], config: LabConfig) -> None:
+    """Apply ``NAME=PORT`` options to ``config.ports``."""
+    for value in values:
+        name, sep, port = value.partition("=")
+        if not sep or name not in config.ports or not port.isdigit() or not 0 < int(port) < 65536:
+            known = ", ".join(sorted(config.ports))
+            raise NovaconsoleError(f"--port {value!r}: use NAME=PORT with NAME one of {known}")
+        config.ports[name] = int(port)
+
+
+def default_config(state_dir: str | None) -> LabConfig:
+    from novaconsole.lab.venvs import default_state_dir
+
+    return LabConfig.load(Path(state_dir) if state_dir else default_state_dir())
