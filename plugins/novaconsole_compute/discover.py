@@ -1,0 +1,282 @@
+"""``nova-manage cell_v2 discover_hosts``, then wait until the host is registered and mapped.
+
+The guide's trap: a compute host that nova-compute registered but nobody mapped to a cell
+is invisible to the scheduler ("Host is not mapped to any cell"). The mapping is read from
+the API database directly (``host_mappings``; nova-manage takes ~10 s just to start), and
+``discover_hosts`` runs only while the host is not mapped. When an admin cloud is known
+(the site's ``os_cloud``, ``OS_CLOUD`` or ``OS_*``), the compute service must also be up.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
+from novaconsole.iniconf import IniDocument
+from novaconsole.redact import scrub_secrets
+from novaconsole.steps import RunContext, Step
+from novaconsole_compute.runtime import facts_for, nova_binary, supervisor_for
+
+if TYPE_CHECKING:
+    from novaconsole.site import Site
+
+_QUERY = (
+    "SELECT c.name FROM host_mappings h JOIN cell_mappings c ON h.cell_id = c.id "
+    "WHERE h.host = {mark}"
+)
+CLOUD_CACHE_KEY = "novaconsole_compute.cloud"
+#: Seconds between polls while waiting.
+POLL = 3.0
+
+
+def host_mapping(api_db_url: str, host: str) -> str | None:
+    """The cell ``host`` is mapped to in the Nova API database at ``api_db_url``, or None.
+
+    SQLite and MySQL (PyMySQL) are read directly; the URL (which may carry a password) is
+    never part of an error message.
+    """
+    try:
+        parts = urlsplit(api_db_url)
+    except ValueError:
+        raise ConfigError("[api_database] connection in nova.conf is not a valid URL") from None
+    if parts.scheme.startswith("sqlite"):
+        path = api_db_url.split(":///", 1)[-1].split("?", 1)[0]
+        if not path or not Path(path).exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            try:
+                row = db.execute(_QUERY.format(mark="?"), (host,)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            if "no such table" in str(exc):
+                return None  # the API schema is not synced yet
+            raise ConnectionFailure(f"cannot read Nova API database {path}: {exc}") from None
+        return str(row[0]) if row else None
+    if parts.scheme.startswith("mysql"):
+        import pymysql
+
+        where = f"{parts.hostname}:{parts.port or 3306}/{parts.path.lstrip('/')}"
+        try:
+            conn = pymysql.connect(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 3306,
+                user=unquote(parts.username or ""),
+                password=unquote(parts.password or ""),
+                database=parts.path.lstrip("/"),
+                connect_timeout=5,
+            )
+        except pymysql.MySQLError as exc:
+            raise ConnectionFailure(
+                f"cannot connect to Nova API database {where}: {scrub_secrets(str(exc))}"
+            ) from None
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(_QUERY.format(mark="%s"), (host,))
+                row = cursor.fetchone()
+        except pymysql.MySQLError as exc:
+            if "doesn't exist" in str(exc):
+                return None
+            raise ConnectionFailure(
+                f"cannot query Nova API database {where}: {scrub_secrets(str(exc))}"
+            ) from None
+        finally:
+            conn.close()
+        return str(row[0]) if row else None
+    raise ConfigError(f"Nova API database scheme {parts.scheme!r} is not supported here")
+
+
+def api_db_url(nova_conf: Path) -> str:
+    """``[api_database] connection`` from nova.conf (secret: never show it)."""
+    url = IniDocument.load(nova_conf).get("api_database", "connection")
+    if not url:
+        raise ConfigError(
+            f"{nova_conf} has no [api_database] connection: discover hosts where the "
+            "controller's nova.conf is (nova-manage cell_v2 discover_hosts runs on the controller)"
+        )
+    return url
+
+
+def admin_cloud_name(site: Site) -> str | bool | None:
+    """The cloud to ask about the compute service: a name, None (``OS_*``), or False (none)."""
+    if site.os_cloud:
+        return site.os_cloud
+    if os.environ.get("OS_CLOUD"):
+        return os.environ["OS_CLOUD"]
+    if os.environ.get("OS_AUTH_URL"):
+        return None
+    return False
+
+
+def last_error_line(log: Path, limit: int = 200_000) -> str | None:
+    """The last ERROR/CRITICAL line of a log (scrubbed), for a diagnosis."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(0, log.stat().st_size - limit))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if " ERROR " in line or " CRITICAL " in line or "Error:" in line:
+            return scrub_secrets(" ".join(line.split()))[:300]
+    return None
+
+
+@dataclass
+class DiscoverObserved:
+    """Whether the host is mapped, and what the compute API says of its service."""
+
+    host: str
+    cell: str | None
+    service: str | None  #: "up", "down", "missing", or None when no cloud is known
+
+
+class DiscoverHostsStep(Step[DiscoverObserved]):
+    """The compute host registered (service up) and mapped to a cell."""
+
+    name = "compute.discover_hosts"
+    phase = "discover"
+
+    def __init__(self, site: Site, timeout: float | None = None) -> None:
+        self.site = site
+        self.timeout = float(site.discover_timeout if timeout is None else timeout)
+        self.description = "compute host registered and mapped to a cell (discover_hosts)"
+
+    # -- observations ------------------------------------------------------------
+
+    def _cloud(self, ctx: RunContext) -> Any:
+        name = admin_cloud_name(self.site)
+        if name is False:
+            return None
+        if CLOUD_CACHE_KEY not in ctx.cache:
+            from novaconsole.cloud import connect
+
+            ctx.cache[CLOUD_CACHE_KEY] = connect(name if isinstance(name, str) else None)
+        return ctx.cache[CLOUD_CACHE_KEY]
+
+    def service_state(self, ctx: RunContext, host: str) -> str | None:
+        """ "up"/"down"/"missing" for nova-compute on ``host``; None without an admin cloud."""
+        conn = self._cloud(ctx)
+        if conn is None:
+            return None
+        from novaconsole.cloud import describe_failure
+
+        try:
+            services = list(conn.compute.services(binary="nova-compute", host=host))
+        except Exception as exc:  # openstacksdk/keystoneauth failures become one line
+            raise describe_failure(exc, "compute service list") from None
+        services = [s for s in services if s.host == host and s.binary == "nova-compute"]
+        if not services:
+            return "missing"
+        return "up" if any(s.state == "up" for s in services) else "down"
+
+    def mapped_cell(self, ctx: RunContext, host: str) -> str | None:
+        if not self.site.nova_conf.exists() and ctx.dry_run:
+            return None
+        return host_mapping(api_db_url(self.site.nova_conf), host)
+
+    def check(self, ctx: RunContext) -> DiscoverObserved:
+        host = facts_for(ctx, self.site).compute_host
+        try:
+            cell = self.mapped_cell(ctx, host)
+            service = self.service_state(ctx, host)
+        except (ConnectionFailure, ConfigError):
+            if not ctx.dry_run:
+                raise
+            return DiscoverObserved(host, None, None)  # dry run: nothing is up yet
+        if service is None:
+            ctx.note(
+                "no admin cloud known (os_cloud, OS_CLOUD, OS_AUTH_URL): compute service state not checked"
+            )
+        return DiscoverObserved(host, cell, service)
+
+    def plan(self, ctx: RunContext, observed: DiscoverObserved) -> list[str]:
+        plan = []
+        if observed.cell is None:
+            plan.append(
+                f"map compute host {observed.host} to a cell (nova-manage cell_v2 discover_hosts)"
+            )
+        if observed.service not in (None, "up"):
+            plan.append(f"wait for nova-compute on {observed.host} to report up")
+        return plan
+
+    # -- action ------------------------------------------------------------------
+
+    def discover(self, ctx: RunContext) -> None:
+        """One run of ``nova-manage cell_v2 discover_hosts --verbose`` (output logged)."""
+        argv = [
+            str(nova_binary(self.site, "nova-manage")),
+            "--config-file",
+            str(self.site.nova_conf),
+            "cell_v2",
+            "discover_hosts",
+            "--verbose",
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        secrets = self.site.secrets.values()
+        for line in proc.stdout.splitlines():
+            if line.strip():
+                ctx.log(f"  {scrub_secrets(line.strip(), secrets)}")
+        # 2: a concurrent run mapped the same host first; the next check sees the mapping.
+        if proc.returncode not in (0, 2):
+            tail = scrub_secrets(" ".join((proc.stdout + proc.stderr).split())[-300:], secrets)
+            raise StepFailed(
+                f"nova-manage cell_v2 discover_hosts failed (exit {proc.returncode}) "
+                f"with {self.site.nova_conf}: {tail}"
+            )
+
+    def _log(self) -> Path:
+        return supervisor_for(self.site).log_dir / "nova-compute.log"
+
+    def _timeout(self, host: str, service: str | None) -> StepFailed:
+        log = self._log()
+        if service == "missing":
+            what = f"nova-compute on host {host!r} did not register within {self.timeout:.0f} s"
+        elif service == "down":
+            what = (
+                f"nova-compute on host {host!r} is registered but down after {self.timeout:.0f} s"
+            )
+        else:
+            what = (
+                f"compute host {host!r} is not mapped to any cell after {self.timeout:.0f} s "
+                "of nova-manage cell_v2 discover_hosts (the guide's 'Host is not mapped to "
+                "any cell' trap): nova-compute has not created its compute node"
+            )
+        error = last_error_line(log)
+        return StepFailed(
+            f"{what}; see {log}" + (f"; last error: {error}" if error else ""),
+            hint="check nova-compute's log (AMQP unreachable, privsep, libvirt), then run "
+            "nova-manage cell_v2 discover_hosts --verbose",
+        )
+
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        host = facts_for(ctx, self.site).compute_host
+        deadline = time.monotonic() + self.timeout
+        service = self.service_state(ctx, host)
+        cell = self.mapped_cell(ctx, host)
+        while cell is None:
+            # discover_hosts maps compute nodes; with a cloud, wait for the service first
+            # (a cheap API call) instead of starting nova-manage (~10 s) in vain.
+            if service in (None, "up"):
+                self.discover(ctx)
+                cell = self.mapped_cell(ctx, host)
+                if cell is not None:
+                    break
+            if time.monotonic() > deadline:
+                raise self._timeout(host, service)
+            time.sleep(POLL)
+            service = self.service_state(ctx, host)
+        ctx.log(f"  compute host {host} is mapped to cell {cell}")
+        while service not in (None, "up"):
+            if time.monotonic() > deadline:
+                raise self._timeout(host, service)
+            time.sleep(POLL)
+            service = self.service_state(ctx, host)

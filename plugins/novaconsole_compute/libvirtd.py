@@ -1,0 +1,179 @@
+"""libvirtd and virtlogd running, and ``qemu:///system`` answering (for the libvirt driver).
+
+Where libvirt's socket already answers (systemd runs libvirtd, or an operator did) the step
+leaves it alone. Otherwise both daemons run in the foreground under the shared supervisor,
+so ``lab down`` stops them by pid like every other service. The proof is in-process:
+libvirt-python opens ``qemu:///system`` and, for KVM, asks for KVM domain capabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from novaconsole.errors import StepFailed
+from novaconsole.services import ServiceSpec, ServiceState
+from novaconsole.steps import RunContext, Step
+from novaconsole_compute.facts import libvirt_socket_answers, probe_libvirt
+from novaconsole_compute.runtime import facts_for, supervisor_for
+
+if TYPE_CHECKING:
+    from novaconsole.site import Site
+
+LIBVIRT_URI = "qemu:///system"
+#: Our program names in the supervisor, in start order.
+LIBVIRT_PROGRAMS = ("virtlogd", "libvirtd")
+
+
+def libvirt_specs(libvirtd: str) -> list[ServiceSpec]:
+    """virtlogd (QEMU's log handler) and libvirtd, both in the foreground (no ``-d``)."""
+    sbin = libvirtd.rsplit("/", 1)[0]
+    return [
+        ServiceSpec(name="virtlogd", argv=(f"{sbin}/virtlogd",), stop_wait=10),
+        ServiceSpec(name="libvirtd", argv=(libvirtd,), stop_wait=15),
+    ]
+
+
+def _libvirt_module() -> Any:
+    try:
+        import libvirt
+    except ImportError:
+        return None
+    # libvirt prints every error to stderr by default; we report them ourselves.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def libvirt_answers(uri: str = LIBVIRT_URI, virt_type: str | None = None) -> str:
+    """Open ``uri`` with libvirt-python; return "QEMU 7.2.0, libvirt 9.0.0"-style facts.
+
+    With ``virt_type`` ("kvm"), also require libvirt to offer domains of that type. Raises
+    :class:`StepFailed` naming the URI when it does not answer. Without libvirt-python the
+    socket is probed instead (and the text says so).
+    """
+    libvirt = _libvirt_module()
+    if libvirt is None:
+        socket_path = libvirt_socket_answers()
+        if socket_path is None:
+            raise StepFailed(f"libvirtd does not answer at {uri} (no socket accepts)")
+        return f"{socket_path} accepts (libvirt-python not installed: pip install libvirt-python)"
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise StepFailed(f"libvirt at {uri} does not answer: {exc.get_error_message()}") from None
+    try:
+        hv_version = conn.getVersion()
+        lib_version = conn.getLibVersion()
+        facts = f"{conn.getType()} {_version(hv_version)}, libvirt {_version(lib_version)}"
+        if virt_type:
+            try:
+                conn.getDomainCapabilities(None, None, None, virt_type, 0)
+            except libvirt.libvirtError as exc:
+                raise StepFailed(
+                    f"libvirt at {uri} offers no {virt_type} domains: {exc.get_error_message()}",
+                    hint="set virt_type = qemu, or check /dev/kvm and the kvm module",
+                ) from None
+            facts += f", {virt_type} domains offered"
+        return facts
+    finally:
+        conn.close()
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+@dataclass
+class LibvirtObserved:
+    """What runs now: whose libvirtd, and which of our programs need work."""
+
+    needed: bool  #: the libvirt driver was chosen
+    external: bool  #: a libvirtd we do not manage answers
+    pending: list[str]  #: our programs whose configuration is missing or differs
+    not_running: list[str]
+
+
+class LibvirtdStep(Step[LibvirtObserved]):
+    """libvirtd and virtlogd running (ours under the supervisor, or someone else's)."""
+
+    name = "compute.libvirtd"
+    phase = "services"
+    description = "libvirtd and virtlogd running, qemu:///system answering"
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    def _specs(self, ctx: RunContext) -> list[ServiceSpec]:
+        facts = facts_for(ctx, self.site)
+        libvirtd = probe_libvirt().libvirtd
+        if libvirtd is None:
+            raise StepFailed(f"libvirtd is not installed ({facts.libvirt})")
+        return libvirt_specs(libvirtd)
+
+    def check(self, ctx: RunContext) -> LibvirtObserved:
+        facts = facts_for(ctx, self.site)
+        if facts.driver != "libvirt":
+            return LibvirtObserved(False, False, [], [])
+        supervisor = supervisor_for(self.site)
+        states: dict[str, ServiceState] = supervisor.status()
+        ours = any((supervisor.programs_dir / f"{n}.conf").exists() for n in LIBVIRT_PROGRAMS)
+        if not ours and libvirt_socket_answers() is not None:
+            ctx.note("libvirtd already answers (not started by novaconsole): left as it is")
+            return LibvirtObserved(True, True, [], [])
+        specs = self._specs(ctx)
+        not_running = [
+            s.name for s in specs if s.name not in states or states[s.name].state != "RUNNING"
+        ]
+        return LibvirtObserved(True, False, supervisor.pending(specs), not_running)
+
+    def plan(self, ctx: RunContext, observed: LibvirtObserved) -> list[str]:
+        plan = [f"install supervisor program {name}" for name in observed.pending]
+        plan += [f"start {name}" for name in observed.not_running if name not in observed.pending]
+        return plan
+
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        supervisor = supervisor_for(self.site)
+        specs = self._specs(ctx)
+        changed = supervisor.install(specs)
+        states = supervisor.status()
+        stopped = [
+            s.name
+            for s in specs
+            if s.name not in changed and (s.name in states and states[s.name].state != "RUNNING")
+        ]
+        supervisor.apply(restart=stopped)
+        supervisor.wait_running([s.name for s in specs], timeout=30)
+
+    def verify(self, ctx: RunContext) -> None:
+        facts = facts_for(ctx, self.site)
+        virt_type = facts.virt_type if facts.driver == "libvirt" else None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ctx.log(f"  {LIBVIRT_URI}: {libvirt_answers(LIBVIRT_URI, virt_type)}")
+                break
+            except StepFailed:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        super().verify(ctx)
+
+
+def stop_guests(uri: str = LIBVIRT_URI) -> list[str]:
+    """Destroy every running domain at ``uri`` (for tearing a lab down); return their names.
+
+    QEMU guests run in their own session, so stopping libvirtd does not stop them.
+    """
+    libvirt = _libvirt_module()
+    if libvirt is None or libvirt_socket_answers() is None:
+        return []
+    conn = libvirt.open(uri)
+    try:
+        names = []
+        for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            domain.destroy()
+            names.append(domain.name())
+        return names
+    finally:
+        conn.close()
