@@ -1,0 +1,176 @@
+"""`novaconsole verify` vs the four `openstack` commands it replaces, same cloud, same run.
+
+Each repetition runs, as separate processes the way an operator types them,
+``novaconsole --os-cloud CLOUD verify -f json`` and then ``openstack --os-cloud CLOUD``
+``compute service list``, ``catalog list``, ``image list`` and ``hypervisor list``
+(``-f json``), timing each wall clock. One untimed warm-up round first fills the page
+cache for both. Goal: the four CLI calls take at least 10x as long as ``verify``.
+``--write`` records the result in the "verify" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+GOAL_RATIO = 10.0
+CLI_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("compute", "service", "list"),
+    ("catalog", "list"),
+    ("image", "list"),
+    ("hypervisor", "list"),
+)
+LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## verify"
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "Speed goals are measured by `python -m bench ...` on the lab, never asserted in tests.\n"
+    "Each section gives its exact command, date and machine.\n"
+)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One repetition: verify's time and each CLI command's time, in seconds."""
+
+    verify_s: float
+    cli_s: tuple[float, ...]
+
+    @property
+    def cli_total_s(self) -> float:
+        return sum(self.cli_s)
+
+
+def _timed(argv: Sequence[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench: `{shlex.join(argv)}` exited {proc.returncode}: {last}")
+    return elapsed
+
+
+def _default_openstack() -> str:
+    if LAB_OPENSTACK.exists():
+        return str(LAB_OPENSTACK)
+    beside = Path(sys.executable).parent / "openstack"
+    return str(beside) if beside.exists() else (shutil.which("openstack") or "openstack")
+
+
+def _default_novaconsole() -> str:
+    beside = Path(sys.executable).parent / "novaconsole"
+    return str(beside) if beside.exists() else (shutil.which("novaconsole") or "novaconsole")
+
+
+def run_rounds(cloud: str, repeat: int, novaconsole: str, openstack: str) -> list[Round]:
+    """Warm up once, then ``repeat`` interleaved rounds."""
+    verify_cmd = [novaconsole, "--os-cloud", cloud, "verify", "-f", "json"]
+    cli_cmds = [[openstack, "--os-cloud", cloud, *c, "-f", "json"] for c in CLI_COMMANDS]
+    _timed(verify_cmd)
+    for cmd in cli_cmds:
+        _timed(cmd)
+    rounds = []
+    for i in range(repeat):
+        verify_s = _timed(verify_cmd)
+        cli_s = tuple(_timed(cmd) for cmd in cli_cmds)
+        rounds.append(Round(verify_s, cli_s))
+        print(
+            f"round {i + 1}/{repeat}: verify {verify_s:.2f} s, "
+            f"openstack x4 {sum(cli_s):.2f} s ({', '.join(f'{t:.2f}' for t in cli_s)})",
+            flush=True,
+        )
+    return rounds
+
+
+def report(rounds: Sequence[Round], command: str, novaconsole: str, openstack: str) -> str:
+    """The Markdown section for RESULTS.md (also printed)."""
+    verify_med = statistics.median(r.verify_s for r in rounds)
+    cli_med = statistics.median(r.cli_total_s for r in rounds)
+    ratio = cli_med / verify_med
+    per_cmd = [statistics.median(r.cli_s[i] for r in rounds) for i in range(len(CLI_COMMANDS))]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {now}; machine: {os.cpu_count()} CPUs, {platform.machine()}, "
+        f"Python {platform.python_version()}; {len(rounds)} rounds after one warm-up round.  ",
+        f"novaconsole: `{novaconsole}`; openstack: `{openstack}`",
+        "",
+        "| what | median (s) | min (s) | max (s) |",
+        "|---|---:|---:|---:|",
+        _row("novaconsole verify -f json", [r.verify_s for r in rounds]),
+        _row("openstack, 4 commands in total", [r.cli_total_s for r in rounds]),
+    ]
+    for i, cmd in enumerate(CLI_COMMANDS):
+        lines.append(_row(f"openstack {' '.join(cmd)} -f json", [r.cli_s[i] for r in rounds]))
+    verdict = "met" if ratio >= GOAL_RATIO else "NOT met"
+    lines += [
+        "",
+        f"Ratio (median 4 CLI calls / median verify): **{ratio:.1f}x** "
+        f"(goal >= {GOAL_RATIO:.0f}x: {verdict}). Median per CLI call: "
+        f"{statistics.mean(per_cmd):.2f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _row(label: str, values: Sequence[float]) -> str:
+    return f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |"
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) only the "verify" section; other sections are left as they are."""
+    current = path.read_text() if path.exists() else RESULTS_HEADER
+    lines = current.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        body = current if current.endswith("\n") else current + "\n"
+        path.write_text(body + "\n" + text)
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; print the table; with ``--write`` update bench/RESULTS.md."""
+    parser = argparse.ArgumentParser(prog="python -m bench verify_vs_cli", description=__doc__)
+    parser.add_argument("--cloud", default="novaconsole-lab", help="clouds.yaml cloud name")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--openstack", default=None, help="openstack CLI to compare with")
+    parser.add_argument("--novaconsole", default=None, help="novaconsole script to time")
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    openstack = args.openstack or _default_openstack()
+    novaconsole = args.novaconsole or _default_novaconsole()
+    rounds = run_rounds(args.cloud, args.repeat, novaconsole, openstack)
+    command = "python -m bench verify_vs_cli " + shlex.join(
+        list(argv) if argv is not None else sys.argv[1:]
+    )
+    text = report(rounds, command.strip(), novaconsole, openstack)
+    print()
+    print(text)
+    if args.write:
+        write_section(text)
+        print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
