@@ -58,7 +58,7 @@ def novaconsole_plugin_modes() -> dict[str, PluginMode]:
 
 
 @hookspec
-def novaconsole_provision_steps(role: str, site: Site) -> Sequence[Step]:
+def novaconsole_provision_steps(role: str, site: Site) -> Sequence[Step[Any]]:
     """Return the steps this plugin contributes for ``role`` ("controller" or "compute").
 
     Results from all plugins are concatenated in registration order (built-ins first).
@@ -67,7 +67,7 @@ def novaconsole_provision_steps(role: str, site: Site) -> Sequence[Step]:
 
 
 @hookspec
-def novaconsole_order_steps(role: str, steps: list[Step]) -> None:
+def novaconsole_order_steps(role: str, steps: list[Step[Any]]) -> None:
     """Reorder, replace or drop steps in place before a run starts."""
 
 

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real all-in-one lab, started once per test session.
+
+Tests marked ``lab`` use the lab through :func:`lab_cloud` / :func:`lab_state`; the
+first one to ask brings it up with ``novaconsole lab up`` (a re-run on a running lab
+converges with zero changes in seconds). Tests marked ``lab_lifecycle`` tear labs
+down and are moved to the very end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from novaconsole.cloud import LAB_CLOUD
+from novaconsole.lab.config import LabConfig
+from novaconsole.lab.venvs import Venv, default_state_dir, ensure_venvs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab_lifecycle: tears labs down; runs after every other test"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Lab tear-down tests go last, so every other lab test sees a running lab."""
+    items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
+
+
+def novaconsole_cmd(*args: str) -> list[str]:
+    """The argv that runs this checkout's ``novaconsole``."""
+    return [sys.executable, "-m", "novaconsole", *args]
+
+
+def run_novaconsole(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        novaconsole_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def lab_state() -> Iterator[LabConfig]:
+    """The lab's configuration, after making sure ``lab up`` has converged."""
+    config = LabConfig.load(default_state_dir())
+    proc = run_novaconsole("lab", "up", "-q")
+    # Keep the run's output for the record (pytest shows it on failure).
+    (config.state_dir / "last-lab-up.log").write_text(proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.splitlines()[-25:])
+        pytest.fail(f"novaconsole lab up failed (exit {proc.returncode}):\n{tail}")
+    yield config
+
+
+@pytest.fixture(scope="session")
+def lab_cloud(lab_state: LabConfig) -> str:
+    """The clouds.yaml name of the running lab (admin)."""
+    return LAB_CLOUD
+
+
+@pytest.fixture(scope="session")
+def lab_venvs() -> dict[str, Venv]:
+    """The lab's Python environments (installed if missing; no services started)."""
+    root = default_state_dir() / "venvs"
+    return ensure_venvs(root, log_path=root.parent / "logs" / "install.log")
+
+
+@pytest.fixture(scope="session")
+def openstack_cli(lab_venvs: dict[str, Venv]) -> Path:
+    """The ``openstack`` client from the lab venv, the peer our results are compared to."""
+    return lab_venvs["openstack"].bin / "openstack"
