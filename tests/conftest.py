@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,7 @@ def run_novaconsole(
 
 
 @pytest.fixture(scope="session")
-def lab_state() -> Iterator[LabConfig]:
+def lab_state() -> LabConfig:
     """The lab's configuration, after making sure ``lab up`` has converged."""
     config = LabConfig.load(default_state_dir())
     proc = run_novaconsole("lab", "up", "-q")
@@ -65,7 +64,7 @@ def lab_state() -> Iterator[LabConfig]:
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-25:])
         pytest.fail(f"novaconsole lab up failed (exit {proc.returncode}):\n{tail}")
-    yield config
+    return config
 
 
 @pytest.fixture(scope="session")
