@@ -1,0 +1,72 @@
+"""``novaconsole`` with no sub-command: open the console (Textual is imported only here, late).
+
+Settings come from ``$XDG_CONFIG_HOME/novaconsole/config.toml`` and the command line wins.
+Mutating actions are logged to ``$XDG_STATE_HOME/novaconsole/console.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+
+from novaconsole.cloud import default_cloud_name
+from novaconsole.errors import EXIT_OK, ConfigError
+from novaconsole.ui.settings import ConsoleSettings, load_settings, state_dir
+
+
+def settings_from_args(args: argparse.Namespace, base: ConsoleSettings) -> ConsoleSettings:
+    """The config file's settings with the command-line flags applied on top."""
+    settings = base
+    if getattr(args, "theme", None):
+        settings = replace(settings, theme=args.theme)
+    if getattr(args, "refresh", None) is not None:
+        if args.refresh < 0:
+            raise ConfigError(f"--refresh {args.refresh:g}: must be 0 (off) or more seconds")
+        settings = replace(settings, refresh=float(args.refresh))
+    if getattr(args, "readonly", False):
+        settings = replace(settings, readonly=True)
+    return settings
+
+
+def _log_actions_to_file() -> None:
+    path = state_dir() / "console.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the console's action log {path}: {exc}") from exc
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger("novaconsole.console")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _cloud_names() -> list[str]:
+    import openstack.config
+
+    names: list[str] = openstack.config.OpenStackConfig().get_cloud_names()
+    return names
+
+
+def run_console(args: argparse.Namespace) -> int:
+    """Run the TUI until the operator quits; bad settings fail before the screen changes."""
+    from novaconsole.sources.openstack_source import OpenStackSource, open_cloud_source
+    from novaconsole.ui.app import make_app
+
+    settings = settings_from_args(args, load_settings())
+    cloud = default_cloud_name(getattr(args, "os_cloud", None))
+    _log_actions_to_file()
+
+    def connect(name: str | None) -> OpenStackSource:
+        return open_cloud_source(name, timeout=settings.timeout)
+
+    app = make_app(
+        connect=connect,
+        cloud=cloud,
+        settings=settings,
+        plugin_manager=args.plugin_manager,
+        cloud_names=_cloud_names,
+    )
+    result = app.run()
+    return EXIT_OK if result is None else int(result)

@@ -1,0 +1,140 @@
+"""The contract every console data source fulfils, and the parsing they share.
+
+A source fetches raw API bodies (``raw_*``) and performs actions; turning bodies into rows
+is done here once, so the real source and the tests' recorded fake parse identically.
+Nothing here imports Textual: sources are plain blocking code the UI runs in threads.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from novaconsole.sources.parse import (
+    endpoint_rows,
+    hypervisor_rows,
+    image_row,
+    server_row,
+    service_row,
+)
+from novaconsole.sources.rows import (
+    CloudInfo,
+    EndpointRow,
+    HypervisorRow,
+    ImageRow,
+    ServerRow,
+    ServiceRow,
+)
+
+#: Seconds a catalog reachability probe waits for any HTTP answer.
+PROBE_TIMEOUT = 2.0
+
+
+class CloudSource(ABC):
+    """Blocking access to one cloud; every method may raise ``NovaconsoleError``."""
+
+    #: The cloud's name as the operator knows it (clouds.yaml entry).
+    name: str
+    #: Image id -> name, filled by :meth:`images` so server rows can name their image.
+    image_names: dict[str, str]
+
+    # -- raw bodies (implemented by the real source and the tests' fake) --------------
+
+    @abstractmethod
+    def info(self) -> CloudInfo:
+        """Who and where we are, for the header."""
+
+    @abstractmethod
+    def raw_services(self) -> list[dict[str, Any]]:
+        """``GET /os-services`` entries."""
+
+    @abstractmethod
+    def raw_catalog(self) -> list[dict[str, Any]]:
+        """The token's service catalog (services with their endpoints)."""
+
+    @abstractmethod
+    def probe(self, url: str, timeout: float) -> tuple[bool, str]:
+        """Whether ``url`` gives any HTTP answer within ``timeout``, and a short detail."""
+
+    @abstractmethod
+    def raw_images(self, visibility: str | None = None) -> list[dict[str, Any]]:
+        """Glance ``GET /v2/images`` entries (all pages), optionally of one visibility.
+
+        Glance lists community images only when asked for them by visibility.
+        """
+
+    @abstractmethod
+    def raw_hypervisors(
+        self,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """``(os-hypervisors detail, os-services, {provider uuid: name/inventories/usages})``."""
+
+    @abstractmethod
+    def raw_servers(self) -> list[dict[str, Any]]:
+        """``GET /servers/detail`` entries, all projects when allowed (all pages)."""
+
+    # -- actions -----------------------------------------------------------------------
+
+    @abstractmethod
+    def enable_service(self, service: ServiceRow) -> None:
+        """Enable a compute service."""
+
+    @abstractmethod
+    def disable_service(self, service: ServiceRow, reason: str | None) -> None:
+        """Disable a compute service, with an optional reason."""
+
+    @abstractmethod
+    def set_forced_down(self, service: ServiceRow, forced: bool) -> None:
+        """Force a compute service down (after fencing its host), or unset that."""
+
+    @abstractmethod
+    def server_action(self, server: ServerRow, action: str) -> None:
+        """``start``, ``stop``, ``reboot`` (soft) or ``reboot-hard`` a server."""
+
+    @abstractmethod
+    def console_output(self, server: ServerRow, length: int | None = 200) -> str:
+        """The server's console log (``os-getConsoleOutput``)."""
+
+    # -- rows (shared) -----------------------------------------------------------------
+
+    def services(self) -> list[ServiceRow]:
+        return [service_row(raw) for raw in self.raw_services()]
+
+    def catalog(self) -> list[EndpointRow]:
+        return endpoint_rows(self.raw_catalog())
+
+    def probed_catalog(self, timeout: float = PROBE_TIMEOUT) -> list[EndpointRow]:
+        """The catalog with every distinct endpoint URL probed concurrently."""
+        catalog = self.raw_catalog()
+        urls = sorted({str(e.get("url")) for s in catalog for e in s.get("endpoints", ())})
+        probes: dict[str, tuple[bool, str]] = {}
+        if urls:
+            with ThreadPoolExecutor(max_workers=min(8, len(urls))) as pool:
+                for url, result in zip(
+                    urls, pool.map(lambda u: self.probe(u, timeout), urls), strict=True
+                ):
+                    probes[url] = result
+        return endpoint_rows(catalog, probes)
+
+    def images(self, visibility: str | None = None) -> list[ImageRow]:
+        rows = [image_row(raw) for raw in self.raw_images(visibility)]
+        # Servers show image names; remember the ones seen (never shrink on a filtered list).
+        self.image_names = {**getattr(self, "image_names", {}), **{r.id: r.name for r in rows}}
+        return rows
+
+    def hypervisors(self) -> list[HypervisorRow]:
+        hypervisors, services, providers = self.raw_hypervisors()
+        return hypervisor_rows(hypervisors, services, providers)
+
+    def servers(self, image_names: Mapping[str, str] | None = None) -> list[ServerRow]:
+        names = image_names if image_names is not None else getattr(self, "image_names", {})
+        return [server_row(raw, names) for raw in self.raw_servers()]
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
+        """Release connections (called when the console switches cloud or quits)."""
+
+
+#: Server actions every source understands, in menu order.
+SERVER_ACTIONS: Sequence[str] = ("start", "stop", "reboot", "reboot-hard")

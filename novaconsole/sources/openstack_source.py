@@ -1,0 +1,260 @@
+"""The real source: raw API bodies through openstacksdk's authenticated adapters.
+
+Lists use ``conn.compute.get(...)`` and friends rather than resource objects: the bodies
+stay exactly what the API said (the details view shows them, the recorder stores them) and
+10,000 servers parse without building 10,000 SDK resources. Actions use the SDK's calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from novaconsole.cloud import connect, describe_failure
+from novaconsole.errors import ConnectionFailure, NovaconsoleError
+from novaconsole.sources.base import CloudSource
+from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
+
+#: Microversions asked for (capped at what the cloud supports).
+SERVICES_MICROVERSION = (2, 69)
+HYPERVISORS_MICROVERSION = (2, 88)
+SERVERS_MICROVERSION = (2, 69)
+PAGE_SIZE = 1000
+
+
+def _fmt(version: Any) -> str:
+    if not version:
+        return "?"
+    return ".".join(str(part) for part in version)
+
+
+class OpenStackSource(CloudSource):
+    """A cloud reached through an ``openstack.connection.Connection``."""
+
+    def __init__(self, conn: Any, name: str) -> None:
+        self.conn = conn
+        self.name = name
+        self._max_compute: tuple[int, int] | None = None
+        self.image_names = {}
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException, what: str) -> NovaconsoleError:
+        if isinstance(exc, NovaconsoleError):
+            return exc
+        return describe_failure(exc, f"{what} on cloud {self.name!r}")
+
+    def _compute_mv(self, wanted: tuple[int, int]) -> str | None:
+        if self._max_compute is None:
+            data = self.conn.compute.get_endpoint_data()
+            top = getattr(data, "max_microversion", None)
+            self._max_compute = (int(top[0]), int(top[1])) if top else (2, 1)
+        best = min(wanted, self._max_compute)
+        return None if best < (2, 2) else f"{best[0]}.{best[1]}"
+
+    def _json(self, adapter: Any, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = adapter.get(path, raise_exc=True, **kwargs)
+            body: dict[str, Any] = response.json()
+            return body
+        except Exception as exc:
+            raise self._fail(exc, what) from exc
+
+    def _pages(
+        self, adapter: Any, path: str, key: str, what: str, params: dict[str, Any], **kw: Any
+    ) -> list[dict[str, Any]]:
+        """All entries of a Nova/Glance list, following ``*_links``/``next`` with markers."""
+        items: list[dict[str, Any]] = []
+        query = dict(params)
+        while True:
+            body = self._json(adapter, path, what, params=query, **kw)
+            batch = body.get(key, [])
+            items.extend(batch)
+            more = body.get("next") or any(
+                link.get("rel") == "next" for link in body.get(f"{key}_links", ())
+            )
+            if not more or not batch:
+                return items
+            query["marker"] = batch[-1]["id"]
+
+    # -- raw bodies --------------------------------------------------------------------
+
+    def info(self) -> CloudInfo:
+        try:
+            session = self.conn.session
+            access = session.auth.get_access(session)
+            region = self.conn.config.get_region_name() or ""
+
+            def version(service: str) -> tuple[str, str]:
+                try:
+                    data = getattr(self.conn, service).get_endpoint_data()
+                except Exception:
+                    return service, "unreachable"
+                if data is None:
+                    return service, "none"
+                top = getattr(data, "max_microversion", None)
+                text = _fmt(data.api_version)
+                return service, f"{text} (max {_fmt(top)})" if top else text
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                versions = dict(pool.map(version, ("compute", "image", "placement", "identity")))
+            return CloudInfo(
+                cloud=self.name,
+                region=region,
+                user=str(access.username or access.user_id),
+                project=str(access.project_name or access.project_id or ""),
+                versions=versions,
+                is_admin="admin" in (access.role_names or []),
+            )
+        except NovaconsoleError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, "reading the token") from exc
+
+    def raw_services(self) -> list[dict[str, Any]]:
+        mv = self._compute_mv(SERVICES_MICROVERSION)
+        body = self._json(
+            self.conn.compute, "/os-services", "compute service list", microversion=mv
+        )
+        return list(body.get("services", []))
+
+    def raw_catalog(self) -> list[dict[str, Any]]:
+        try:
+            session = self.conn.session
+            catalog = session.auth.get_access(session).service_catalog.catalog
+        except Exception as exc:
+            raise self._fail(exc, "catalog list") from exc
+        return [dict(service) for service in catalog]
+
+    def probe(self, url: str, timeout: float) -> tuple[bool, str]:
+        request = urllib.request.Request(url, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return True, f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:  # any HTTP status means someone answered
+            return True, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return False, " ".join(str(reason).split()) or type(exc).__name__
+
+    def raw_images(self, visibility: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if visibility:
+            params["visibility"] = visibility
+        return self._pages(self.conn.image, "/images", "images", "image list", params)
+
+    def raw_hypervisors(
+        self,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        mv = self._compute_mv(HYPERVISORS_MICROVERSION)
+        params: dict[str, Any] = {}
+        if mv and tuple(int(p) for p in mv.split(".")) >= (2, 53):
+            params["with_servers"] = "true"
+        hypervisors = self._pages(
+            self.conn.compute,
+            "/os-hypervisors/detail",
+            "hypervisors",
+            "hypervisor list",
+            params,
+            microversion=mv,
+        )
+        services = self.raw_services()
+        placement = self.conn.placement
+        body = self._json(placement, "/resource_providers", "resource provider list")
+        providers: dict[str, dict[str, Any]] = {
+            p["uuid"]: {"name": p.get("name")} for p in body.get("resource_providers", [])
+        }
+
+        def fill(uuid: str) -> None:
+            inv = self._json(placement, f"/resource_providers/{uuid}/inventories", "inventories")
+            use = self._json(placement, f"/resource_providers/{uuid}/usages", "usages")
+            providers[uuid]["inventories"] = inv.get("inventories", {})
+            providers[uuid]["usages"] = use.get("usages", {})
+
+        if providers:
+            with ThreadPoolExecutor(max_workers=min(8, len(providers))) as pool:
+                list(pool.map(fill, list(providers)))
+        return hypervisors, services, providers
+
+    def raw_servers(self) -> list[dict[str, Any]]:
+        mv = self._compute_mv(SERVERS_MICROVERSION)
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if self.info_is_admin():
+            params["all_tenants"] = "True"
+        return self._pages(
+            self.conn.compute, "/servers/detail", "servers", "server list", params, microversion=mv
+        )
+
+    def info_is_admin(self) -> bool:
+        try:
+            session = self.conn.session
+            return "admin" in (session.auth.get_access(session).role_names or [])
+        except Exception:
+            return False
+
+    # -- actions -----------------------------------------------------------------------
+
+    def enable_service(self, service: ServiceRow) -> None:
+        try:
+            self.conn.compute.enable_service(service.id, host=service.host, binary=service.binary)
+        except Exception as exc:
+            raise self._fail(exc, f"enabling {service.binary} on {service.host}") from exc
+
+    def disable_service(self, service: ServiceRow, reason: str | None) -> None:
+        try:
+            self.conn.compute.disable_service(
+                service.id, host=service.host, binary=service.binary, disabled_reason=reason
+            )
+        except Exception as exc:
+            raise self._fail(exc, f"disabling {service.binary} on {service.host}") from exc
+
+    def set_forced_down(self, service: ServiceRow, forced: bool) -> None:
+        try:
+            self.conn.compute.update_service_forced_down(
+                service.id, host=service.host, binary=service.binary, forced=forced
+            )
+        except Exception as exc:
+            what = "forcing down" if forced else "unsetting forced-down of"
+            raise self._fail(exc, f"{what} {service.binary} on {service.host}") from exc
+
+    def server_action(self, server: ServerRow, action: str) -> None:
+        compute = self.conn.compute
+        try:
+            if action == "start":
+                compute.start_server(server.id)
+            elif action == "stop":
+                compute.stop_server(server.id)
+            elif action in ("reboot", "reboot-hard"):
+                compute.reboot_server(server.id, "HARD" if action == "reboot-hard" else "SOFT")
+            else:
+                raise ConnectionFailure(f"unknown server action {action!r}")
+        except NovaconsoleError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"{action} of server {server.name} ({server.id})") from exc
+
+    def console_output(self, server: ServerRow, length: int | None = 200) -> str:
+        try:
+            result = self.conn.compute.get_server_console_output(server.id, length=length)
+        except Exception as exc:
+            raise self._fail(exc, f"console log of server {server.name} ({server.id})") from exc
+        return str(result.get("output", "")) if isinstance(result, dict) else str(result)
+
+    def close(self) -> None:
+        # Best effort: the session may already be gone.
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def open_cloud_source(name: str | None, *, timeout: float = 10.0) -> OpenStackSource:
+    """Connect (and authenticate) to a cloud from clouds.yaml; errors are one line."""
+    conn = connect(name, fallback_to_lab=True, timeout=timeout)
+    label = name or conn.config.name or "envvars"
+    try:
+        conn.authorize()
+    except Exception as exc:
+        raise describe_failure(exc, f"connecting to cloud {label!r}") from exc
+    return OpenStackSource(conn, label)

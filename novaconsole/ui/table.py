@@ -1,0 +1,366 @@
+"""``ResourceTable``: a virtual table that renders only the lines on screen.
+
+Textual's DataTable measures every cell on insert (about 3 s for 10,000 rows here), so the
+console prepares rows off the UI thread (:func:`prepare_table`: texts, sort keys, search
+text, widths) and this widget only filters and sorts index lists and paints visible lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from novaconsole.ui.filtering import RowFilter
+
+#: Row styles a pane may give a row (each is a component class of the table).
+ROW_STYLES = ("error", "warning", "muted")
+GAP = "  "
+
+
+def format_value(value: object) -> str:
+    """How a typed cell value is shown."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column: a title and how to get a (sortable) value from a row."""
+
+    key: str
+    title: str
+    value: Callable[[Any], object]
+    format: Callable[[object], str] = format_value
+    max_width: int = 40
+    #: Right-align (numbers) and sort numerically.
+    numeric: bool = False
+    #: What to sort on when the shown value is not (e.g. "used/total" sorts by usage).
+    sort: Callable[[Any], object] | None = None
+
+
+def _sort_key(value: object) -> tuple[int, Any]:
+    if value is None or value == "":
+        return (2, "")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    if isinstance(value, datetime):
+        return (0, value.timestamp())
+    return (1, str(value).lower())
+
+
+@dataclass(slots=True)
+class TableData:
+    """Rows made ready for display; built in a worker thread by :func:`prepare_table`."""
+
+    columns: Sequence[Column]
+    rows: list[Any] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    texts: list[tuple[str, ...]] = field(default_factory=list)
+    sort_keys: list[tuple[tuple[int, Any], ...]] = field(default_factory=list)
+    haystacks: list[str] = field(default_factory=list)
+    styles: list[str | None] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+
+
+def prepare_table(
+    columns: Sequence[Column],
+    rows: Sequence[Any],
+    row_id: Callable[[Any], str],
+    row_style: Callable[[Any], str | None] = lambda row: None,
+) -> TableData:
+    """Compute everything the table needs per row, once per refresh (thread-safe, pure)."""
+    data = TableData(columns=columns)
+    widths = [len(c.title) + 2 for c in columns]
+    for row in rows:
+        values = [c.value(row) for c in columns]
+        texts = tuple(c.format(v) for c, v in zip(columns, values, strict=True))
+        data.rows.append(row)
+        data.ids.append(row_id(row))
+        data.texts.append(texts)
+        data.sort_keys.append(
+            tuple(
+                _sort_key(c.sort(row) if c.sort is not None else v)
+                for c, v in zip(columns, values, strict=True)
+            )
+        )
+        data.haystacks.append("\t".join(texts))
+        data.styles.append(row_style(row))
+        for i, text in enumerate(texts):
+            if len(text) > widths[i]:
+                widths[i] = len(text)
+    data.widths = [min(w, c.max_width) for w, c in zip(widths, columns, strict=True)]
+    return data
+
+
+def _fit(text: str, width: int, right: bool) -> str:
+    if len(text) > width:
+        return text[: width - 1] + "…"
+    return text.rjust(width) if right else text.ljust(width)
+
+
+class ResourceTable(ScrollView, can_focus=True):
+    """A header line plus one line per visible row, with a cursor, filter and sort."""
+
+    DEFAULT_CSS = """
+    ResourceTable {
+        height: 1fr;
+        background: $surface;
+        color: $foreground;
+    }
+    ResourceTable > .resource-table--header {
+        background: $panel;
+        color: $text;
+        text-style: bold;
+    }
+    ResourceTable > .resource-table--cursor {
+        background: $block-cursor-blurred-background;
+        color: $block-cursor-blurred-foreground;
+    }
+    ResourceTable:focus > .resource-table--cursor {
+        background: $block-cursor-background;
+        color: $block-cursor-foreground;
+        text-style: $block-cursor-text-style;
+    }
+    ResourceTable > .resource-table--error { color: $text-error; }
+    ResourceTable > .resource-table--warning { color: $text-warning; }
+    ResourceTable > .resource-table--muted { color: $text-muted; }
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "resource-table--header",
+        "resource-table--cursor",
+        "resource-table--error",
+        "resource-table--warning",
+        "resource-table--muted",
+    }
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup,ctrl+b", "page(-1)", "Page up", show=False),
+        Binding("pagedown,ctrl+f", "page(1)", "Page down", show=False),
+        Binding("home,g", "jump(0)", "Top", show=False),
+        Binding("end,G", "jump(-1)", "Bottom", show=False),
+        Binding("enter", "choose", "Details"),
+    ]
+
+    cursor: reactive[int] = reactive(0, layout=False)
+    """Position of the cursor among the visible (filtered, sorted) rows."""
+
+    class Chosen(Message):
+        """Enter (or a double click) on a row."""
+
+        def __init__(self, table: ResourceTable, row: Any) -> None:
+            super().__init__()
+            self.table = table
+            self.row = row
+
+    class SortChanged(Message):
+        """The sort column or direction changed (the pane shows it in its status)."""
+
+    def __init__(
+        self,
+        columns: Sequence[Column],
+        *,
+        group_column: int | None = None,
+        empty_text: str = "(no rows)",
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.data = TableData(columns=columns)
+        self.data.widths = [len(c.title) + 2 for c in columns]
+        self.shown: list[int] = []
+        self.row_filter: RowFilter | None = None
+        self.sort_column: int | None = None
+        self.sort_reverse = False
+        self.group_column = group_column
+        self.empty_text = empty_text
+        self._lines: dict[int, str] = {}
+
+    # -- data --------------------------------------------------------------------------
+
+    @property
+    def columns(self) -> Sequence[Column]:
+        return self.data.columns
+
+    @property
+    def current_row(self) -> Any | None:
+        if 0 <= self.cursor < len(self.shown):
+            return self.data.rows[self.shown[self.cursor]]
+        return None
+
+    @property
+    def shown_rows(self) -> list[Any]:
+        return [self.data.rows[i] for i in self.shown]
+
+    def set_data(self, data: TableData) -> None:
+        """Show new rows, keeping the filter, the sort and the cursor's row."""
+        current = self.data.ids[self.shown[self.cursor]] if self.current_row is not None else None
+        self.data = data
+        self._recompute(keep_id=current)
+
+    def set_filter(self, row_filter: RowFilter | None) -> None:
+        self.row_filter = row_filter
+        self._recompute(keep_id=None)
+
+    def sort_by(self, column: int | None, reverse: bool = False) -> None:
+        self.sort_column = column
+        self.sort_reverse = reverse
+        current = self.data.ids[self.shown[self.cursor]] if self.current_row is not None else None
+        self._recompute(keep_id=current)
+        self.post_message(self.SortChanged())
+
+    def _recompute(self, keep_id: str | None) -> None:
+        indices = list(range(len(self.data.rows)))
+        if self.sort_column is not None:
+            col = self.sort_column
+            keys = self.data.sort_keys
+            indices.sort(key=lambda i: keys[i][col], reverse=self.sort_reverse)
+        if self.row_filter is not None:
+            indices = self.row_filter.select(self.data.haystacks, indices)
+        self.shown = indices
+        self._lines.clear()
+        position = 0
+        if keep_id is not None:
+            ids = self.data.ids
+            position = next((p for p, i in enumerate(indices) if ids[i] == keep_id), self.cursor)
+        self.virtual_size = Size(self._total_width(), len(self.shown) + 1)
+        self.set_reactive(ResourceTable.cursor, max(0, min(position, len(self.shown) - 1)))
+        self._scroll_cursor_into_view()
+        self.refresh()
+
+    def _total_width(self) -> int:
+        return sum(self.data.widths) + len(GAP) * max(0, len(self.data.widths) - 1)
+
+    # -- cursor ------------------------------------------------------------------------
+
+    def validate_cursor(self, value: int) -> int:
+        return max(0, min(value, len(self.shown) - 1))
+
+    def watch_cursor(self) -> None:
+        self._scroll_cursor_into_view()
+        self.refresh()
+
+    def _scroll_cursor_into_view(self) -> None:
+        rows_on_screen = max(1, self.scrollable_content_region.height - 1)
+        top = self.scroll_offset.y
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False, force=True)
+        elif self.cursor >= top + rows_on_screen:
+            self.scroll_to(y=self.cursor - rows_on_screen + 1, animate=False, force=True)
+
+    def action_cursor(self, delta: int) -> None:
+        self.cursor += delta
+
+    def action_page(self, direction: int) -> None:
+        self.cursor += direction * max(1, self.scrollable_content_region.height - 1)
+
+    def action_jump(self, where: int) -> None:
+        self.cursor = 0 if where == 0 else len(self.shown) - 1
+
+    def action_choose(self) -> None:
+        row = self.current_row
+        if row is not None:
+            self.post_message(self.Chosen(self, row))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y == 0:
+            self._sort_at(event.x + self.scroll_offset.x)
+            return
+        position = self.scroll_offset.y + event.y - 1
+        if 0 <= position < len(self.shown):
+            self.cursor = position
+            if event.chain == 2:
+                self.action_choose()
+
+    def _sort_at(self, x: int) -> None:
+        start = 0
+        for index, width in enumerate(self.data.widths):
+            if start <= x < start + width + len(GAP):
+                reverse = self.sort_column == index and not self.sort_reverse
+                self.sort_by(index, reverse)
+                return
+            start += width + len(GAP)
+
+    # -- painting ----------------------------------------------------------------------
+
+    def _header_text(self) -> str:
+        cells = []
+        for index, (column, width) in enumerate(
+            zip(self.data.columns, self.data.widths, strict=True)
+        ):
+            title = column.title.upper()
+            if index == self.sort_column:
+                title += " ↓" if self.sort_reverse else " ↑"
+            cells.append(_fit(title, width, column.numeric))
+        return GAP.join(cells)
+
+    def _row_text(self, position: int) -> str:
+        text = self._lines.get(position)
+        if text is None:
+            index = self.shown[position]
+            texts = self.data.texts[index]
+            group = self.group_column
+            blank_group = (
+                group is not None
+                and self.sort_column in (None, group)
+                and position > 0
+                and self.data.texts[self.shown[position - 1]][group] == texts[group]
+            )
+            cells = []
+            for col, (column, width) in enumerate(
+                zip(self.data.columns, self.data.widths, strict=True)
+            ):
+                value = "" if blank_group and col == group else texts[col]
+                cells.append(_fit(value, width, column.numeric))
+            text = GAP.join(cells)
+            self._lines[position] = text
+        return text
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        scroll_x, scroll_y = self.scroll_offset
+        base = self.rich_style
+        if y == 0:
+            style = base + self.get_component_rich_style("resource-table--header")
+            line = self._header_text()
+        else:
+            position = scroll_y + y - 1
+            if position >= len(self.shown):
+                if position == 0 and y == 1:
+                    muted = base + self.get_component_rich_style("resource-table--muted")
+                    return Strip([Segment(self.empty_text, muted)]).crop_extend(0, width, base)
+                return Strip.blank(width, base)
+            line = self._row_text(position)
+            style = base
+            row_style = self.data.styles[self.shown[position]]
+            if row_style:
+                style = style + self.get_component_rich_style(f"resource-table--{row_style}")
+            if position == self.cursor:
+                style = style + self.get_component_rich_style("resource-table--cursor")
+        strip = Strip([Segment(line, style)])
+        pad_style = (
+            style if y != 0 else base + self.get_component_rich_style("resource-table--header")
+        )
+        return strip.crop_extend(scroll_x, scroll_x + width, pad_style or Style())

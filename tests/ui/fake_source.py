@@ -1,0 +1,150 @@
+"""``FakeCloudSource``: a deterministic source replaying a recording of the real lab.
+
+It is a fake, for tests that need determinism (snapshots, behaviour): it returns the raw
+API bodies that ``record_fixture.py`` saved from the lab, so the rows are parsed by the same
+code as the live console. Actions change the recorded bodies the way Nova would, and every
+call is remembered in ``calls``. ``fail`` makes a method raise, as an unreachable service does.
+The same features are tested against the real lab in ``tests/lab/test_console_lab.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from novaconsole.errors import ConnectionFailure
+from novaconsole.sources.base import CloudSource
+from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
+
+RECORDING = Path(__file__).parent / "data" / "lab_recording.json"
+
+
+def load_recording(path: Path = RECORDING) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+class FakeCloudSource(CloudSource):
+    """Replays ``recording``; ``fail`` maps a method (``"raw_images"``) to an error line."""
+
+    def __init__(
+        self,
+        recording: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        fail: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.data = copy.deepcopy(recording if recording is not None else load_recording())
+        self.name = name or str(self.data.get("recorded_from", "fake"))
+        self.fail = dict(fail or {})
+        self.delay = delay
+        self.calls: list[tuple[str, ...]] = []
+        self.image_names = {}
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, *args: str) -> None:
+        with self._lock:
+            self.calls.append((method, *args))
+        if self.delay:
+            time.sleep(self.delay)
+        if method in self.fail:
+            raise ConnectionFailure(self.fail[method])
+
+    def count(self, method: str) -> int:
+        with self._lock:
+            return sum(1 for call in self.calls if call[0] == method)
+
+    # -- raw bodies --------------------------------------------------------------------
+
+    def info(self) -> CloudInfo:
+        self._call("info")
+        raw = self.data["info"]
+        return CloudInfo(
+            cloud=self.name,
+            region=raw["region"],
+            user=raw["user"],
+            project=raw["project"],
+            versions=raw["versions"],
+            is_admin=raw["is_admin"],
+        )
+
+    def raw_services(self) -> list[dict[str, Any]]:
+        self._call("raw_services")
+        return copy.deepcopy(self.data["services"])
+
+    def raw_catalog(self) -> list[dict[str, Any]]:
+        self._call("raw_catalog")
+        return copy.deepcopy(self.data["catalog"])
+
+    def probe(self, url: str, timeout: float) -> tuple[bool, str]:
+        self._call("probe", url)
+        answered, detail = self.data["probes"].get(url, [False, "not recorded"])
+        return bool(answered), str(detail)
+
+    def raw_images(self, visibility: str | None = None) -> list[dict[str, Any]]:
+        self._call("raw_images", visibility or "")
+        images = copy.deepcopy(self.data["images"])
+        if visibility:
+            return [i for i in images if i.get("visibility") == visibility]
+        return [i for i in images if i.get("visibility") != "community"]
+
+    def raw_hypervisors(
+        self,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        self._call("raw_hypervisors")
+        return (
+            copy.deepcopy(self.data["hypervisors"]),
+            copy.deepcopy(self.data["services"]),
+            copy.deepcopy(self.data["resource_providers"]),
+        )
+
+    def raw_servers(self) -> list[dict[str, Any]]:
+        self._call("raw_servers")
+        return copy.deepcopy(self.data["servers"])
+
+    # -- actions (change the recording as Nova would) ----------------------------------
+
+    def _service(self, row: ServiceRow) -> dict[str, Any]:
+        for raw in self.data["services"]:
+            if raw["id"] == row.id:
+                found: dict[str, Any] = raw
+                return found
+        raise ConnectionFailure(f"compute service {row.id} not found")
+
+    def enable_service(self, service: ServiceRow) -> None:
+        self._call("enable_service", service.id)
+        raw = self._service(service)
+        raw.update(status="enabled", disabled_reason=None)
+
+    def disable_service(self, service: ServiceRow, reason: str | None) -> None:
+        self._call("disable_service", service.id, reason or "")
+        raw = self._service(service)
+        raw.update(status="disabled", disabled_reason=reason)
+
+    def set_forced_down(self, service: ServiceRow, forced: bool) -> None:
+        self._call("set_forced_down", service.id, str(forced))
+        raw = self._service(service)
+        raw.update(forced_down=forced, state="down" if forced else "up")
+
+    def server_action(self, server: ServerRow, action: str) -> None:
+        self._call("server_action", server.id, action)
+        for raw in self.data["servers"]:
+            if raw["id"] == server.id:
+                if action == "stop":
+                    raw.update({"status": "SHUTOFF", "OS-EXT-STS:power_state": 4})
+                elif action in ("start", "reboot", "reboot-hard"):
+                    raw.update({"status": "ACTIVE", "OS-EXT-STS:power_state": 1})
+                return
+        raise ConnectionFailure(f"server {server.id} not found")
+
+    def console_output(self, server: ServerRow, length: int | None = 200) -> str:
+        self._call("console_output", server.id)
+        text = str(self.data.get("console_output", {}).get(server.id, ""))
+        if length:
+            text = "\n".join(text.splitlines()[-length:])
+        return text
