@@ -126,7 +126,7 @@ def _sqlite_file(url: str) -> Path:
     return Path(url.split(":///", 1)[1].split("?", 1)[0])
 
 
-def _query(url: str, sql: str) -> list[tuple[Any, ...]] | None:
+def query_rows(url: str, sql: str) -> list[tuple[Any, ...]] | None:
     """Rows of ``sql`` on ``url``; None when the database or table does not exist."""
     where = scrub_secrets(url)
     if url.startswith("sqlite"):
@@ -176,7 +176,7 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]] | None:
 
 def schema_revision(url: str) -> str | None:
     """The alembic revision of the database at ``url`` (None: empty or missing)."""
-    rows = _query(url, "SELECT version_num FROM alembic_version")
+    rows = query_rows(url, "SELECT version_num FROM alembic_version")
     return str(rows[0][0]) if rows else None
 
 
@@ -189,7 +189,7 @@ class CellMapping:
 
 def cell_mappings(api_url: str) -> list[CellMapping]:
     """The cell mappings in the API database (empty before ``api_db sync``)."""
-    rows = _query(api_url, "SELECT uuid, name, database_connection FROM cell_mappings")
+    rows = query_rows(api_url, "SELECT uuid, name, database_connection FROM cell_mappings")
     return [CellMapping(str(u), str(n or ""), str(c or "")) for u, n, c in rows or []]
 
 
