@@ -1,0 +1,58 @@
+"""libvirtd/virtlogd programs and the in-process libvirt check (libvirt-python, for real).
+
+The system libvirtd is shared with the lab, so starting it for real is tested against the
+lab (``test_compute_lab.py``); here libvirt's own ``test:///default`` driver answers, and
+a socket that does not exist does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from compute_helpers import context
+
+from novaconsole.errors import StepFailed
+from novaconsole.site import Site
+from novaconsole.steps import Status, run_step
+from novaconsole_compute.libvirtd import LibvirtdStep, libvirt_answers, libvirt_specs
+
+pytest.importorskip("libvirt")
+
+
+def test_daemons_run_in_the_foreground() -> None:
+    specs = libvirt_specs("/usr/sbin/libvirtd")
+    assert [s.name for s in specs] == ["virtlogd", "libvirtd"]
+    assert specs[0].argv == ("/usr/sbin/virtlogd",)
+    assert specs[1].argv == ("/usr/sbin/libvirtd",)
+    for spec in specs:
+        assert "-d" not in spec.argv  # supervisord keeps the pid; `lab down` stops it
+
+
+def test_libvirt_answers_in_process() -> None:
+    facts = libvirt_answers("test:///default")
+    assert facts.startswith("TEST ")
+    assert "libvirt " in facts
+
+
+def test_missing_domain_type_is_diagnosed() -> None:
+    with pytest.raises(StepFailed) as err:
+        libvirt_answers("test:///default", virt_type="kvm")
+    assert "offers no kvm domains" in err.value.one_line()
+    assert "virt_type = qemu" in err.value.one_line()
+
+
+def test_no_daemon_is_one_line(tmp_path: Path) -> None:
+    uri = f"qemu+unix:///system?socket={tmp_path}/libvirt-sock"
+    with pytest.raises(StepFailed) as err:
+        libvirt_answers(uri)
+    line = err.value.one_line()
+    assert uri in line
+    assert "\n" not in line
+
+
+def test_fake_driver_needs_no_libvirtd(site: Site) -> None:
+    result = run_step(LibvirtdStep(site), context(site, driver="fake"))
+    assert result.status is Status.OK
+    assert result.changes == []
+    assert not site.services_dir.exists()  # nothing installed, no supervisor started
