@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Input
@@ -163,9 +162,8 @@ class NovaConsoleApp(App[int]):
         with ContentSwitcher(initial=f"pane-{self.active_pane_name}", id="panes"):
             for cls in self.pane_classes:
                 yield self._make_pane(cls)
-        with Vertical(id="bottom"):
-            yield PromptBar(self.complete_command)
-            yield Footer()
+        yield Footer()
+        yield PromptBar(self.complete_command)
 
     @property
     def panes(self) -> list[ResourcePane]:
@@ -192,7 +190,7 @@ class NovaConsoleApp(App[int]):
 
     def switch_cloud(self, name: str | None) -> None:
         """Connect (in a thread) and point every pane at the new cloud."""
-        self.notify(f"connecting to {name or 'the default cloud'}…", timeout=2)
+        self.connecting_to = name
         self._connect(name)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="connect")

@@ -79,7 +79,10 @@ class PromptBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label(":", id="prompt-label")
-        yield PromptInput(id="prompt-input", select_on_focus=False)
+        prompt = PromptInput(id="prompt-input", select_on_focus=False)
+        # No blinking: the prompt is short-lived, and snapshots stay stable.
+        prompt.cursor_blink = False
+        yield prompt
 
     @property
     def input(self) -> PromptInput:

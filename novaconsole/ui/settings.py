@@ -68,12 +68,13 @@ def load_settings(path: Path | None = None) -> ConsoleSettings:
             raise ConfigError(
                 f"{path}: [console] has unknown key {key!r} (known: {', '.join(_TYPES)})"
             )
+        original = value
         if wanted is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, wanted) or (isinstance(value, float) and value < 0):
-            raise ConfigError(
-                f"{path}: [console] {key} = {value!r} is not a valid {wanted.__name__}"
-            )
+        if not isinstance(value, wanted):
+            raise ConfigError(f"{path}: [console] {key} = {original!r} is not a {wanted.__name__}")
+        if isinstance(value, float) and value < 0:
+            raise ConfigError(f"{path}: [console] {key} = {original!r} must be 0 or more")
         values[key] = value
     return replace(ConsoleSettings(), **values)
 

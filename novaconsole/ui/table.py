@@ -205,7 +205,8 @@ class ResourceTable(ScrollView, can_focus=True):
         return self.data.columns
 
     @property
-    def current_row(self) -> Any | None:
+    def current_row(self) -> Any:
+        """The row under the cursor (``None`` when nothing is shown)."""
         if 0 <= self.cursor < len(self.shown):
             return self.data.rows[self.shown[self.cursor]]
         return None

@@ -46,14 +46,27 @@ class FakeCloudSource(CloudSource):
         self.calls: list[tuple[str, ...]] = []
         self.image_names = {}
         self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
 
     def _call(self, method: str, *args: str) -> None:
         with self._lock:
             self.calls.append((method, *args))
-        if self.delay:
-            time.sleep(self.delay)
+            self._in_flight[method] = self._in_flight.get(method, 0) + 1
+            self._peak[method] = max(self._peak.get(method, 0), self._in_flight[method])
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+        finally:
+            with self._lock:
+                self._in_flight[method] -= 1
         if method in self.fail:
             raise ConnectionFailure(self.fail[method])
+
+    def max_in_flight(self, method: str) -> int:
+        """The most concurrent calls of ``method`` seen (refreshes must never overlap)."""
+        with self._lock:
+            return self._peak.get(method, 0)
 
     def count(self, method: str) -> int:
         with self._lock:
