@@ -23,6 +23,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+def cloud_option_parser() -> argparse.ArgumentParser:
+    """``--os-cloud`` for a sub-command, so it works after the command name too.
+
+    ``SUPPRESS`` keeps an absent option from overwriting the global one.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--os-cloud", metavar="NAME", default=argparse.SUPPRESS, help="cloud from clouds.yaml"
+    )
+    return parent
+
+
 def build_parser(pm: PluginManager) -> argparse.ArgumentParser:
     """The full parser: global options, core commands, then plugins' commands."""
     parser = _Parser(prog="novaconsole", description="The ops console for OpenStack Nova.")
@@ -51,7 +63,11 @@ def build_parser(pm: PluginManager) -> argparse.ArgumentParser:
     p.add_argument("-f", "--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_plugins)
 
-    p = sub.add_parser("verify", help="the install guide's 'Verify operation' as one command")
+    p = sub.add_parser(
+        "verify",
+        help="the install guide's 'Verify operation' as one command",
+        parents=[cloud_option_parser()],
+    )
     p.add_argument("-f", "--format", choices=("table", "json"), default="table")
     p.add_argument("--timeout", type=float, default=15.0, help="per-call API timeout (s)")
     p.set_defaults(func=_cmd_verify)

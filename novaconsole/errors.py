@@ -40,3 +40,5 @@ class ConnectionFailure(NovaconsoleError):
 
 class StepFailed(NovaconsoleError):
     """A provisioning step that could not converge; carries a diagnosis."""
+
+    exit_code = EXIT_CHECK_FAILED

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from novaconsole.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from novaconsole.errors import ConfigError
 from novaconsole.output import emit_json
 from novaconsole.plugins import PluginManager
 from novaconsole.progress import LineReporter, summary
@@ -52,7 +52,7 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(report.as_dict())
     reporter.log(summary(report))
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    return report.exit_code
 
 
 def add_provision_command(sub: Any) -> None:

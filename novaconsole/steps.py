@@ -115,6 +115,8 @@ class StepResult:
     seconds: float
     changes: list[str] = field(default_factory=list)
     error: str | None = None
+    #: For failures: 2 when the cause is bad input or an unreachable service, else 1.
+    exit_code: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -164,6 +166,11 @@ class RunReport:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def exit_code(self) -> int:
+        """0 when all went well; else the highest exit code among failed steps."""
+        return max((r.exit_code or 1 for r in self.failed), default=0)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -210,6 +217,7 @@ def run_step(step: Step[Any], ctx: RunContext) -> StepResult:
             time.monotonic() - start,
             changes,
             exc.one_line(),
+            exc.exit_code,
         )
     except Exception as exc:  # an unexpected failure still becomes a reported step failure
         return StepResult(
@@ -219,6 +227,7 @@ def run_step(step: Step[Any], ctx: RunContext) -> StepResult:
             time.monotonic() - start,
             changes,
             f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            1,
         )
     return StepResult(step.name, step.description, status, time.monotonic() - start, changes)
 

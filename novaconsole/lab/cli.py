@@ -12,13 +12,34 @@ from novaconsole.output import emit_json, render_table
 from novaconsole.progress import LineReporter, summary
 
 
+def checked_db_url(url: str) -> str:
+    """A ``--db`` URL without a password (it would show in the process list and lab.json)."""
+    from urllib.parse import urlsplit
+
+    from novaconsole.errors import ConfigError
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigError(f"--db {url.split('@')[-1]!r} is not a valid URL: {exc}") from exc
+    if parts.password:
+        raise ConfigError(
+            "--db must not carry a password (it would show in the process list)",
+            hint="export DB_ROOT_PASS=... and pass mysql+pymysql://root@HOST",
+        )
+    if parts.scheme not in ("mysql", "mysql+pymysql") or not parts.hostname:
+        raise ConfigError(f"--db {url!r}: use mysql+pymysql://USER@HOST[:PORT] or 'sqlite'")
+    return url
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from novaconsole.lab.runner import default_config, lab_up, parse_port_overrides
 
     config = default_config(args.state_dir)
     parse_port_overrides(args.port or [], config)
     if args.db is not None:
-        config.db_url = None if args.db == "sqlite" else args.db
+        config.db_url = None if args.db == "sqlite" else checked_db_url(args.db)
     reporter = LineReporter(verbose=not args.quiet)
     started = time.monotonic()
     what = "planning" if args.dry_run else "bringing up"
@@ -34,7 +55,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             "lab is up: `openstack --os-cloud novaconsole-lab compute service list`, "
             "`novaconsole verify --os-cloud novaconsole-lab`, `novaconsole` for the console"
         )
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    return report.exit_code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

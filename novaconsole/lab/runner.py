@@ -95,10 +95,78 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
     return steps
 
 
+#: Supervisor program that owns each lab port (a port held by it is ours, not "taken").
+PORT_OWNERS = {
+    "keystone": "keystone",
+    "glance": "glance-api",
+    "placement": "placement-api",
+    "neutron": "neutron-api",
+    "nova-api": "nova-api",
+    "novncproxy": "nova-novncproxy",
+    "memcached": "memcached",
+}
+
+
+def preflight(config: LabConfig) -> None:
+    """Refuse bad input before anything is written: ports, database login, broker.
+
+    Raises a one-line ConfigError/ConnectionFailure (exit 2).
+    """
+    from novaconsole.errors import ConfigError, ConnectionFailure
+    from novaconsole.services import port_owner
+
+    ours = supervisor_for(config).status() if config.services_dir.exists() else {}
+    for key, port in config.ports.items():
+        owner = PORT_OWNERS.get(key)
+        if key == "memcached" or (owner in ours and ours[owner].state == "RUNNING"):
+            continue  # an existing memcached is reused; our own services hold their ports
+        if port_owner(config.host, port):
+            raise ConfigError(
+                f"port {port} on {config.host} ({key}) is already taken by another process",
+                hint=f"free it or pick another: lab up --port {key}=PORT",
+            )
+    if config.db_url is not None:
+        _check_db_login(config.db_url)
+    where = f"{config.rabbit_host}:{config.rabbit_port}"
+    local_default = config.rabbit_host in ("127.0.0.1", "localhost") and config.rabbit_port == 5672
+    if not port_owner(config.rabbit_host, config.rabbit_port) and not (
+        local_default and os.geteuid() == 0
+    ):
+        raise ConnectionFailure(
+            f"RabbitMQ is unreachable at {where}",
+            hint="start a broker there; lab up installs and starts one itself only as root on 127.0.0.1:5672",
+        )
+
+
+def _check_db_login(url: str) -> None:
+    import pymysql
+
+    from novaconsole.dburl import parse_server_url
+    from novaconsole.errors import ConnectionFailure
+
+    server = parse_server_url(url)
+    try:
+        pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            password=server.password or "",
+            connect_timeout=5,
+        ).close()
+    except pymysql.err.OperationalError as exc:
+        code = exc.args[0] if exc.args else 0
+        reason = "access denied (wrong user or password)" if code == 1045 else "cannot connect"
+        raise ConnectionFailure(
+            f"database server {server.where}: {reason} as {server.user!r}",
+            hint="the admin password comes from DB_ROOT_PASS" if code == 1045 else None,
+        ) from exc
+
+
 def lab_up(
     config: LabConfig, pm: PluginManager, *, dry_run: bool, reporter: Reporter, log: Any
 ) -> RunReport:
     """Stand the lab up (or converge a running one); READY marks a lab that passed."""
+    preflight(config)
     if not dry_run:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
