@@ -31,7 +31,6 @@ _QUERY = (
     "SELECT c.name FROM host_mappings h JOIN cell_mappings c ON h.cell_id = c.id "
     "WHERE h.host = {mark}"
 )
-CLOUD_CACHE_KEY = "novaconsole_compute.cloud"
 #: Log lines that explain a compute host that never shows up (errors, and the warnings of
 #: the guide's traps: conductor or message queue unreachable).
 _LOG_PROBLEMS = (
@@ -145,7 +144,7 @@ class DiscoverObserved:
 
     host: str
     cell: str | None
-    service: str | None  #: "up", "down", "missing", or None when no cloud is known
+    service: str | None  #: "up", "down", "missing", or None (not asked / no cloud known)
 
 
 class DiscoverHostsStep(Step[DiscoverObserved]):
@@ -165,11 +164,14 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
         name = admin_cloud_name(self.site)
         if name is False:
             return None
-        if CLOUD_CACHE_KEY not in ctx.cache:
+        cloud = name if isinstance(name, str) else None
+        # The same key as the controller plugin's: one connection (and token) per run.
+        key = f"openstacksdk:{cloud or '<env>'}"
+        if key not in ctx.cache:
             from novaconsole.cloud import connect
 
-            ctx.cache[CLOUD_CACHE_KEY] = connect(name if isinstance(name, str) else None)
-        return ctx.cache[CLOUD_CACHE_KEY]
+            ctx.cache[key] = connect(cloud)
+        return ctx.cache[key]
 
     def service_state(self, ctx: RunContext, host: str) -> str | None:
         """ "up"/"down"/"missing" for nova-compute on ``host``; None without an admin cloud."""
@@ -199,29 +201,25 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
         return host_mapping(api_db_url(self.site.nova_conf), host)
 
     def check(self, ctx: RunContext) -> DiscoverObserved:
+        """The mapping only (milliseconds): a mapped host was registered when it was mapped.
+
+        The compute API's view of the service (its heartbeats) is asked while mapping,
+        in :meth:`apply`; on later runs that liveness is ``novaconsole verify``'s job, and
+        a re-run stays fast (the first compute API call of a run costs seconds here).
+        """
         host = facts_for(ctx, self.site).compute_host
         try:
             cell = self.mapped_cell(ctx, host)
-            service = self.service_state(ctx, host)
         except (ConnectionFailure, ConfigError):
             if not ctx.dry_run:
                 raise
-            return DiscoverObserved(host, None, None)  # dry run: nothing is up yet
-        if admin_cloud_name(self.site) is False:
-            ctx.note(
-                "no admin cloud known (os_cloud, OS_CLOUD, OS_AUTH_URL): compute service state not checked"
-            )
-        return DiscoverObserved(host, cell, service)
+            cell = None  # dry run before the controller's nova.conf or database exists
+        return DiscoverObserved(host, cell, None)
 
     def plan(self, ctx: RunContext, observed: DiscoverObserved) -> list[str]:
-        plan = []
-        if observed.cell is None:
-            plan.append(
-                f"map compute host {observed.host} to a cell (nova-manage cell_v2 discover_hosts)"
-            )
-        if observed.service not in (None, "up"):
-            plan.append(f"wait for nova-compute on {observed.host} to report up")
-        return plan
+        if observed.cell is not None:
+            return []
+        return [f"map compute host {observed.host} to a cell (nova-manage cell_v2 discover_hosts)"]
 
     # -- action ------------------------------------------------------------------
 
@@ -275,6 +273,11 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         host = facts_for(ctx, self.site).compute_host
         deadline = time.monotonic() + self.timeout
+        if admin_cloud_name(self.site) is False:
+            ctx.note(
+                "no admin cloud known (os_cloud, OS_CLOUD, OS_AUTH_URL): "
+                "compute service state not checked, only its cell mapping"
+            )
         service = self.service_state(ctx, host)
         cell = self.mapped_cell(ctx, host)
         while cell is None:
