@@ -11,18 +11,17 @@ from novaconsole.output import emit_json
 from novaconsole.plugins import PluginManager
 from novaconsole.progress import LineReporter, summary
 from novaconsole.site import Site, load_site
-from novaconsole.steps import RunContext, RunReport, Step, run_steps
+from novaconsole.steps import RunContext, RunReport, Step, order_by_phase, run_steps
 
 ROLES = ("controller", "compute")
 
 
 def collect_steps(pm: PluginManager, role: str, site: Site) -> list[Step[Any]]:
     """All plugins' steps for ``role``, after the ordering hook had its say."""
-    steps: list[Step[Any]] = [
-        step
-        for result in pm.hook.novaconsole_provision_steps(role=role, site=site)
-        for step in result
-    ]
+    # pluggy returns the last registered plugin's results first; restore registration
+    # order (built-ins first), then let phases interleave the plugins' steps.
+    results = pm.hook.novaconsole_provision_steps(role=role, site=site)
+    steps = order_by_phase(step for result in reversed(results) for step in result)
     pm.hook.novaconsole_order_steps(role=role, steps=steps)
     if not steps:
         raise ConfigError(f"no plugin provides steps for role {role!r} (is it blocked?)")

@@ -182,6 +182,14 @@ def site_from_mapping(
                 s: {str(k): str(v) for k, v in opts.items()} for s, opts in value.items()
             }
             continue
+        if key == "extra_services":
+            if not isinstance(value, list) or any(v not in _KNOWN_EXTRA_SERVICES for v in value):
+                raise ConfigError(
+                    f"{source}: extra_services must be a list drawn from "
+                    f"{list(_KNOWN_EXTRA_SERVICES)}"
+                )
+            site.extra_services = [str(v) for v in value]
+            continue
         kind = _SCALARS.get(key)
         if kind is None:
             raise ConfigError(f"{source}: unknown setting {key!r}")

@@ -87,7 +87,7 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
     ]
     theirs: list[Step[Any]] = []
     for role in ("controller", "compute"):
-        for result in pm.hook.novaconsole_provision_steps(role=role, site=site):
+        for result in reversed(pm.hook.novaconsole_provision_steps(role=role, site=site)):
             theirs.extend(result)
     steps = order_by_phase([*ours, *theirs])
     for role in ("controller", "compute"):
