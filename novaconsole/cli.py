@@ -23,12 +23,12 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def cloud_option_parser() -> argparse.ArgumentParser:
+def cloud_option_parser() -> _Parser:
     """``--os-cloud`` for a sub-command, so it works after the command name too.
 
     ``SUPPRESS`` keeps an absent option from overwriting the global one.
     """
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument(
         "--os-cloud", metavar="NAME", default=argparse.SUPPRESS, help="cloud from clouds.yaml"
     )
