@@ -1,0 +1,188 @@
+"""The lab's building blocks, without a running lab: files, secrets, preflight, supervisor."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from novaconsole.errors import ConfigError, ConnectionFailure, NovaconsoleError
+from novaconsole.lab.cli import checked_db_url
+from novaconsole.lab.config import LabConfig, load_or_create_secrets
+from novaconsole.lab.generic import FileStep, key_error_line, render_ini
+from novaconsole.lab.runner import parse_port_overrides, preflight
+from novaconsole.lab.steps import CloudsYamlStep, admin_openrc
+from novaconsole.services import ServiceSpec, Supervisor, render_program, wsgi_service
+from novaconsole.site import SECRET_NAMES
+from novaconsole.steps import RunContext, Status, run_steps
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A real TCP listener on 127.0.0.1 holding a free port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_render_ini_formats_booleans_and_paths(tmp_path: Path) -> None:
+    text = render_ini({"DEFAULT": {"debug": False, "state_path": tmp_path}, "api": {"x": 1}})
+    assert "[DEFAULT]\ndebug = false\nstate_path = " + str(tmp_path) in text
+    assert text.endswith("[api]\nx = 1\n")
+
+
+def test_key_error_line_finds_the_exception_in_oslo_log_noise() -> None:
+    output = (
+        "2026-11-24 00:27:17.218 16505 ERROR keystone Traceback (most recent call last):\n"
+        "2026-11-24 00:27:17.218 16505 ERROR keystone   File x.py, line 3\n"
+        "2026-11-24 00:27:17.218 16505 ERROR keystone oslo_db.exception.DBError: disk full\n"
+        "2026-11-24 00:27:17.218 16505 ERROR keystone (Background on this error at: x)\n"
+    )
+    assert key_error_line(output) == "oslo_db.exception.DBError: disk full"
+    assert key_error_line("just one line") == "just one line"
+    assert key_error_line("") == "no output"
+
+
+def test_file_step_creates_then_converges_and_fixes_mode(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "x.conf"
+    step = FileStep("t.file", path, lambda: "a = 1\n", mode=0o640, phase="config")
+    first = run_steps([step], RunContext())
+    assert first.results[0].status is Status.CHANGED
+    assert path.read_text() == "a = 1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert run_steps([step], RunContext()).results[0].status is Status.OK
+    path.chmod(0o644)
+    assert run_steps([step], RunContext()).results[0].changes == [f"chmod 640 {path}"]
+
+
+def test_secrets_are_generated_once_mode_0600_and_not_written_on_dry_run(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    dry = load_or_create_secrets(path, write=False)
+    assert set(dry) == set(SECRET_NAMES)
+    assert not path.exists()
+    first = load_or_create_secrets(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secrets(path) == first
+    assert len(set(first.values())) == len(first)
+
+
+def test_corrupt_secrets_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_or_create_secrets(path)
+
+
+def test_clouds_yaml_merge_keeps_other_clouds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    clouds = tmp_path / "openstack" / "clouds.yaml"
+    clouds.parent.mkdir(parents=True)
+    clouds.write_text(yaml.safe_dump({"clouds": {"prod": {"auth": {"auth_url": "https://x"}}}}))
+    clouds.chmod(0o600)
+    step = CloudsYamlStep(LabConfig(state_dir=tmp_path / "lab"), "pw-not-shown")
+    report = run_steps([step], RunContext())
+    assert report.results[0].status is Status.CHANGED
+    assert "pw-not-shown" not in json.dumps(report.as_dict())
+    data = yaml.safe_load(clouds.read_text())
+    assert set(data["clouds"]) == {"prod", "novaconsole-lab"}
+    assert data["clouds"]["novaconsole-lab"]["auth"]["auth_url"] == "http://127.0.0.1:5000/v3"
+    assert stat.S_IMODE(clouds.stat().st_mode) == 0o600
+    assert run_steps([step], RunContext()).results[0].status is Status.OK
+
+
+def test_clouds_yaml_that_is_not_yaml_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    clouds = tmp_path / "openstack" / "clouds.yaml"
+    clouds.parent.mkdir(parents=True)
+    clouds.write_text("clouds: [unclosed")
+    report = run_steps([CloudsYamlStep(LabConfig(state_dir=tmp_path), "pw")], RunContext())
+    assert report.results[0].status is Status.FAILED
+    assert clouds.read_text() == "clouds: [unclosed"
+
+
+def test_admin_openrc_is_the_guides() -> None:
+    text = admin_openrc(LabConfig(), "pw")
+    assert "export OS_USERNAME=admin\n" in text
+    assert "export OS_AUTH_URL=http://127.0.0.1:5000/v3\n" in text
+
+
+def test_port_overrides(tmp_path: Path) -> None:
+    config = LabConfig(state_dir=tmp_path)
+    parse_port_overrides(["keystone=15000"], config)
+    assert config.ports["keystone"] == 15000
+    for bad in ("keystone", "nope=1", "keystone=0", "keystone=70000", "keystone=x"):
+        with pytest.raises(NovaconsoleError, match="--port"):
+            parse_port_overrides([bad], config)
+
+
+def test_db_url_with_password_is_refused() -> None:
+    assert checked_db_url("mysql+pymysql://root@127.0.0.1") == "mysql+pymysql://root@127.0.0.1"
+    with pytest.raises(ConfigError, match="must not carry a password"):
+        checked_db_url("mysql+pymysql://root:hunter2@127.0.0.1")
+    with pytest.raises(ConfigError, match="use mysql"):
+        checked_db_url("postgresql://root@127.0.0.1")
+
+
+def test_preflight_names_a_taken_port_and_writes_nothing(tmp_path: Path, listener: int) -> None:
+    state = tmp_path / "lab"
+    config = LabConfig(state_dir=state)
+    config.ports = {k: free_port() for k in config.ports}
+    config.ports["glance"] = listener
+    with pytest.raises(
+        ConfigError, match=f"port {listener} on 127.0.0.1 \\(glance\\) is already taken"
+    ):
+        preflight(config)
+    assert not state.exists()
+
+
+def test_preflight_unreachable_broker_on_a_non_default_port(tmp_path: Path) -> None:
+    config = LabConfig(state_dir=tmp_path / "lab")
+    config.ports = {k: free_port() for k in config.ports}
+    config.rabbit_port = free_port()
+    with pytest.raises(
+        ConnectionFailure, match=f"RabbitMQ is unreachable at 127.0.0.1:{config.rabbit_port}"
+    ):
+        preflight(config)
+
+
+def test_supervisor_program_rendering_and_pending(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "svc", tmp_path / "bin")
+    spec = ServiceSpec("demo", ("/bin/sleep", "100"), env={"A": "1%"}, stop_wait=3)
+    text = render_program(spec, sup.log_dir)
+    assert "command=/bin/sleep 100" in text
+    assert 'environment=A="1%%"' in text
+    assert "stopwaitsecs=3" in text
+    assert sup.pending([spec]) == ["demo"]
+    assert sup.install([spec]) == ["demo"]
+    assert sup.pending([spec]) == []
+    assert stat.S_IMODE((sup.programs_dir / "demo.conf").stat().st_mode) == 0o600
+    with pytest.raises(NovaconsoleError, match="invalid service name"):
+        render_program(ServiceSpec("Bad Name", ("x",)), sup.log_dir)
+
+
+def test_wsgi_shim_resets_argv_before_import(tmp_path: Path) -> None:
+    spec = wsgi_service(
+        "demo-api", module="demo.wsgi", port=1234, bin_dir=tmp_path, shim_dir=tmp_path, env={}
+    )
+    shim = (tmp_path / "wsgi_demo_api.py").read_text()
+    assert shim.index("sys.argv = sys.argv[:1]") < shim.index("from demo.wsgi import application")
+    assert "--no-control-socket" in spec.argv
+    assert spec.argv[-1] == "wsgi_demo_api:application"
+    assert spec.port == 1234
