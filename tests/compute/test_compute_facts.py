@@ -10,6 +10,7 @@ import pytest
 
 from novaconsole.errors import ConfigError
 from novaconsole.site import Site
+from novaconsole.steps import RunContext, Status, run_step
 from novaconsole_compute.facts import (
     KvmProbe,
     LibvirtProbe,
@@ -22,6 +23,7 @@ from novaconsole_compute.facts import (
     probe_kvm,
     read_cpuinfo,
 )
+from novaconsole_compute.prepare import HostFactsStep
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\nvmx flags\t: vnmi\n"
 AMD = "processor\t: 0\nflags\t\t: fpu svm sse2\n"
@@ -166,3 +168,22 @@ def test_this_host() -> None:
     if os.path.exists("/usr/sbin/libvirtd") and os.geteuid() == 0:
         assert facts.driver == "libvirt", facts.driver_reason
     assert set(facts.as_dict()) >= {"driver", "driver_reason", "virt_type", "virt_type_reason"}
+
+
+def test_host_facts_step_reports_choice_and_reason() -> None:
+    ctx = RunContext()
+    result = run_step(HostFactsStep(Site()), ctx)
+    assert result.status is Status.OK, result.error
+    assert result.changes == []  # it decides; it never changes anything
+    assert any(note.startswith("compute driver ") for note in ctx.notes)
+    facts = host_facts(Site())
+    if facts.driver == "libvirt":
+        assert any(f"virt_type = {facts.virt_type}: " in note for note in ctx.notes)
+
+
+def test_host_facts_step_fails_early_on_a_bad_wish() -> None:
+    site = Site(compute_driver="hyperv", source="site.toml")
+    result = run_step(HostFactsStep(site), RunContext())
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert result.error.startswith("site.toml: compute_driver must be")

@@ -15,7 +15,7 @@ from compute_helpers import context
 from novaconsole.errors import StepFailed
 from novaconsole.site import Site
 from novaconsole.steps import Status, run_step
-from novaconsole_compute.libvirtd import LibvirtdStep, libvirt_answers, libvirt_specs
+from novaconsole_compute.libvirtd import LibvirtdStep, libvirt_answers, libvirt_specs, stop_guests
 
 pytest.importorskip("libvirt")
 
@@ -56,3 +56,12 @@ def test_fake_driver_needs_no_libvirtd(site: Site) -> None:
     assert result.status is Status.OK
     assert result.changes == []
     assert not site.services_dir.exists()  # nothing installed, no supervisor started
+
+
+def test_stop_guests_destroys_running_domains() -> None:
+    # libvirt's test driver starts with one running domain, "test" (per connection).
+    assert stop_guests("test:///default") == ["test"]
+
+
+def test_stop_guests_without_a_daemon(tmp_path: Path) -> None:
+    assert stop_guests(f"qemu+unix:///system?socket={tmp_path}/libvirt-sock") == []
