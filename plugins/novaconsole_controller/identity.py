@@ -223,8 +223,8 @@ def snapshot(
 ) -> IdentityObserved:
     """Read what Keystone holds for ``wanted`` (list calls only; changes nothing).
 
-    The list calls and password checks are independent, so they run concurrently: on a
-    busy two-core host each Keystone request takes the better part of a second.
+    The list calls are independent reads, so they run concurrently: on a busy two-core
+    host each Keystone request takes the better part of a second.
     """
     ident = conn.identity
     observed = IdentityObserved()
@@ -259,12 +259,6 @@ def snapshot(
             else None
         )
         observed.users = {n: i for n, i in users.result() if n in names}
-        checks = {
-            name: pool.submit(
-                password_authenticates, auth_url, name, passwords[name], wanted.domain_id
-            )
-            for name in observed.users
-        }
         observed.region_exists = wanted.region in regions.result()
         observed.roles = {n: i for n, i in roles.result() if n in wanted.roles}
         for kind, sid, name in services.result():
@@ -273,7 +267,13 @@ def snapshot(
         observed.endpoints = endpoints.result()
         if assignments is not None:
             observed.assignments = {(u, r) for u, r in assignments.result() if u and r}
-        observed.stale_passwords = {name for name, ok in checks.items() if not ok.result()}
+    # One at a time: each authentication writes (last_active_at), and a Keystone on SQLite
+    # (the lab's default) answers concurrent writes with 500 "database is locked".
+    observed.stale_passwords = {
+        name
+        for name in observed.users
+        if not password_authenticates(auth_url, name, passwords[name], wanted.domain_id)
+    }
     return observed
 
 
@@ -377,8 +377,9 @@ def apply_actions(
 ) -> None:
     """Carry out ``actions``; on any failure delete what this call created, then raise.
 
-    Shared entities (project, region, roles) come first; then each service's actions run
-    in order, different services concurrently.
+    Shared entities (project, region, roles) come first, then each service's actions.
+    Writes stay sequential: a Keystone on SQLite (the lab's default) answers concurrent
+    writes with 500 "database is locked".
     """
     applier = _Applier(conn, wanted, observed, passwords, log)
     shared = [a for a in actions if not a.group]
@@ -388,12 +389,8 @@ def apply_actions(
             groups.setdefault(action.group, []).append(action)
     try:
         applier.run(shared)
-        with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
-            futures = [pool.submit(applier.run, group) for group in groups.values()]
-            errors = [f.exception() for f in futures]
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
+        for group in groups.values():
+            applier.run(group)
     except Exception as exc:
         undone = _undo(applier.ident, applier.created)
         text = (
