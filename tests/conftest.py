@@ -8,12 +8,10 @@ down and are moved to the very end of the session.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from labtools import run_novaconsole
 
 from novaconsole.cloud import LAB_CLOUD
 from novaconsole.lab.config import LabConfig
@@ -31,27 +29,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Lab tear-down tests go last, so every other lab test sees a running lab."""
     items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
-
-
-def novaconsole_cmd(*args: str) -> list[str]:
-    """The argv that runs this checkout's ``novaconsole``."""
-    return [sys.executable, "-m", "novaconsole", *args]
-
-
-def run_novaconsole(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    return subprocess.run(
-        novaconsole_cmd(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,28 @@
+"""Helpers for tests that drive the ``novaconsole`` command of this checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def novaconsole_cmd(*args: str) -> list[str]:
+    """The argv that runs this checkout's ``novaconsole``."""
+    return [sys.executable, "-m", "novaconsole", *args]
+
+
+def run_novaconsole(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        novaconsole_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
