@@ -61,3 +61,11 @@ def test_missing_secret_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         site.secret("RABBIT_PASS")
     assert "export RABBIT_PASS=" in info.value.one_line()
+
+
+def test_documented_example_site_file_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "site.example.toml"
+    site = load_site(example, environ={"NOVA_DBPASS": "x"})
+    assert site.controller_host == "controller"
+    assert site.database_url == "mysql+pymysql://root@controller"
+    assert site.nova_options["vnc"]["vncserver_listen"] == "$my_ip"
