@@ -54,10 +54,14 @@ def lab_server(lab_cloud: str) -> Iterator[LabServer]:
         networks="none",
     )
     try:
-        # A readiness wait (boot on this host takes seconds), not a speed assertion.
-        server = conn.compute.wait_for_server(
-            server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
-        )
+        try:
+            # A readiness wait (boot on this host takes seconds), not a speed assertion.
+            server = conn.compute.wait_for_server(
+                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
+            )
+        except openstack.exceptions.ResourceFailure:
+            fault = conn.compute.get_server(server).fault or {}
+            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
         console = conn.compute.create_server_remote_console(server, protocol="vnc", type="novnc")
         yield LabServer(conn, server, str(console.url))
     finally:
