@@ -247,6 +247,7 @@ def snapshot(
     wanted: IdentityWanted,
     passwords: dict[str, str],
     auth_url: str,
+    trusted: frozenset[str] = frozenset(),
 ) -> IdentityObserved:
     """Read what Keystone holds for ``wanted`` (list calls only; changes nothing).
 
@@ -297,7 +298,10 @@ def snapshot(
     observed.stale_passwords = {
         name
         for name, ok in check_passwords(
-            auth_url, wanted.domain_id, observed.users, passwords
+            auth_url,
+            wanted.domain_id,
+            {n: i for n, i in observed.users.items() if n not in trusted},
+            passwords,
         ).items()
         if not ok
     }
@@ -498,6 +502,10 @@ class IdentityStep(Step[IdentityObserved]):
         self.wanted = wanted or wanted_identity(site)
         self.auth_url = auth_url or keystone_url(site) + "/v3"
         users = ", ".join(s.user for s in self.wanted.services)
+        #: The snapshot of the last check (apply follows check at once in a run).
+        self._observed: IdentityObserved | None = None
+        #: Users whose password this run has just set: verify need not log them in again.
+        self._fresh: frozenset[str] = frozenset()
         self.description = (
             f"keystone project {self.wanted.project}, users {users}, services and endpoints "
             f"in {self.wanted.region}"
@@ -510,7 +518,8 @@ class IdentityStep(Step[IdentityObserved]):
         passwords = self._passwords()  # a missing secret fails before Keystone is touched
         conn = keystone_connection(ctx, self.site.os_cloud)
         try:
-            return snapshot(conn, self.wanted, passwords, self.auth_url)
+            self._observed = snapshot(conn, self.wanted, passwords, self.auth_url, self._fresh)
+            return self._observed
         except NovaconsoleError:
             raise
         except Exception as exc:
@@ -521,10 +530,20 @@ class IdentityStep(Step[IdentityObserved]):
         return [a.text for a in diff_identity(observed, self.wanted)]
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
-        observed = self.check(ctx)
+        observed = self._observed or self.check(ctx)
+        self._observed = None
         actions = diff_identity(observed, self.wanted)
         conn = keystone_connection(ctx, self.site.os_cloud)
         apply_actions(conn, self.wanted, observed, actions, self._passwords(), ctx.log)
+        self._fresh = frozenset(a.args[0] for a in actions if a.kind in ("user", "password"))
+
+    def verify(self, ctx: RunContext) -> None:
+        """Re-check (passwords just set are not logged in again), expecting an empty plan."""
+        try:
+            super().verify(ctx)
+        finally:
+            self._fresh = frozenset()
+            self._observed = None
 
 
 def identity_steps(site: Site) -> list[Step[Any]]:
