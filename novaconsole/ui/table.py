@@ -102,7 +102,7 @@ def prepare_table(
                 for c, v in zip(columns, values, strict=True)
             )
         )
-        data.haystacks.append("\t".join(texts))
+        data.haystacks.append("\t".join(texts).lower())
         data.styles.append(row_style(row))
         for i, text in enumerate(texts):
             if len(text) > widths[i]:
@@ -222,8 +222,12 @@ class ResourceTable(ScrollView, can_focus=True):
         self._recompute(keep_id=current)
 
     def set_filter(self, row_filter: RowFilter | None) -> None:
-        self.row_filter = row_filter
-        self._recompute(keep_id=None)
+        previous, self.row_filter = self.row_filter, row_filter
+        if row_filter is not None and row_filter.narrows(previous):
+            # Typing on: only the rows shown now can still match (same order, same sort).
+            self._show(row_filter.select(self.data.haystacks, self.shown), keep_id=None)
+        else:
+            self._recompute(keep_id=None)
 
     def sort_by(self, column: int | None, reverse: bool = False) -> None:
         self.sort_column = column
@@ -240,13 +244,18 @@ class ResourceTable(ScrollView, can_focus=True):
             indices.sort(key=lambda i: keys[i][col], reverse=self.sort_reverse)
         if self.row_filter is not None:
             indices = self.row_filter.select(self.data.haystacks, indices)
+        self._show(indices, keep_id)
+
+    def _show(self, indices: list[int], keep_id: str | None) -> None:
         self.shown = indices
         self._lines.clear()
         position = 0
         if keep_id is not None:
             ids = self.data.ids
             position = next((p for p, i in enumerate(indices) if ids[i] == keep_id), self.cursor)
-        self.virtual_size = Size(self._total_width(), len(self.shown) + 1)
+        size = Size(self._total_width(), len(self.shown) + 1)
+        if size != self.virtual_size:
+            self.virtual_size = size
         self.set_reactive(ResourceTable.cursor, max(0, min(position, len(self.shown) - 1)))
         self._scroll_cursor_into_view()
         self.refresh()
@@ -360,8 +369,12 @@ class ResourceTable(ScrollView, can_focus=True):
                 style = style + self.get_component_rich_style(f"resource-table--{row_style}")
             if position == self.cursor:
                 style = style + self.get_component_rich_style("resource-table--cursor")
-        strip = Strip([Segment(line, style)])
         pad_style = (
             style if y != 0 else base + self.get_component_rich_style("resource-table--header")
         )
+        if line.isascii():
+            # One cell per character: slice instead of measuring a 200-cell line per paint.
+            visible = line[scroll_x : scroll_x + width].ljust(width)
+            return Strip([Segment(visible, pad_style)], width)
+        strip = Strip([Segment(line, style)])
         return strip.crop_extend(scroll_x, scroll_x + width, pad_style or Style())

@@ -364,3 +364,22 @@ def test_cli_and_sources_start_without_loading_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_filter_keeps_letter_escapes_meaning() -> None:
+    row_filter = RowFilter.parse(r"\S+-compute")
+    assert row_filter is not None
+    assert row_filter.matches("nova-compute")
+    assert not row_filter.matches("   -compute")
+
+
+def test_typing_on_narrows_only_plain_filters() -> None:
+    first, longer = RowFilter.parse("nova"), RowFilter.parse("nova-c")
+    assert longer is not None
+    assert longer.narrows(first)
+    regex = RowFilter.parse("nova|x")
+    assert regex is not None
+    assert not regex.narrows(first)
+    inverted = RowFilter.parse("!nova-c")
+    assert inverted is not None
+    assert not inverted.narrows(RowFilter.parse("!nova"))
