@@ -308,8 +308,12 @@ def builtin_checks() -> list[Check]:
         return evaluate_images(image_rows(conn.image.images()))
 
     def hypervisors(conn: Any) -> CheckResult:
+        # Services first (shared with the other check): nova-api validates a new token
+        # with Keystone once and caches it, so the hypervisor list that follows is quick,
+        # where two concurrent first requests would each pay for a validation.
+        services = seen.services(conn)
         rows = hypervisor_rows(conn.compute.hypervisors(details=True))
-        return evaluate_hypervisors(rows, seen.services(conn))
+        return evaluate_hypervisors(rows, services)
 
     return [
         Check("compute-services", compute_services, "every nova service is up"),
