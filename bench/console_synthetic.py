@@ -84,7 +84,7 @@ def _stats(values: Sequence[float]) -> str:
 
 async def _measure(servers: int, hypervisors: int) -> dict[str, Any]:
     tests_ui_on_path()
-    from conftest import frozen_clock, settle
+    from console_helpers import frozen_clock, settle
     from fake_source import FakeCloudSource
 
     from novaconsole.ui.app import make_app

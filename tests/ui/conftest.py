@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_source import FakeCloudSource, load_recording
-from textual.pilot import Pilot
-from textual.worker import WorkerCancelled
+from console_helpers import AppFactory, frozen_clock
+from fake_source import FakeCloudSource
 
 from novaconsole.plugins import PluginManager
-from novaconsole.sources.parse import parse_time
 from novaconsole.ui.app import NovaConsoleApp, make_app
 from novaconsole.ui.settings import ConsoleSettings
-
-RECORDING = load_recording()
-_recorded_at = parse_time(RECORDING["recorded_at"])
-assert _recorded_at is not None
-#: The console's clock in tests: 30 s after the recording was made.
-FROZEN_NOW: datetime = _recorded_at + timedelta(seconds=30)
-
-
-def frozen_clock() -> datetime:
-    return FROZEN_NOW
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +22,6 @@ def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     return config_home / "novaconsole" / "config.toml"
-
-
-AppFactory = Callable[..., NovaConsoleApp]
 
 
 @pytest.fixture
@@ -66,24 +49,3 @@ def fake_app() -> AppFactory:
         )
 
     return build
-
-
-async def settle(pilot: Pilot[Any]) -> None:
-    """Wait until every worker (connect, then each pane's load) has finished."""
-    app = pilot.app
-    for _ in range(200):
-        await pilot.pause()
-        # A finished load that an exclusive new one "cancels" is not an error here.
-        with contextlib.suppress(WorkerCancelled):
-            await app.workers.wait_for_complete()
-        await pilot.pause()
-        panes = list(getattr(app, "panes", []))
-        busy = any(p.is_loading for p in panes) or any(
-            not w.is_finished for w in app.workers._workers
-        )
-        if (not busy and getattr(app, "source", None) is not None) or getattr(
-            app, "connect_error", None
-        ):
-            await pilot.pause()
-            return
-    raise AssertionError("the console did not settle")

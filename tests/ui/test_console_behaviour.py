@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FROZEN_NOW, AppFactory, settle
+from console_helpers import FROZEN_NOW, AppFactory, settle
 from fake_source import FakeCloudSource
 
 from novaconsole.errors import ConfigError, ConnectionFailure

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import AppFactory, settle
+from console_helpers import AppFactory, settle
 from fake_source import FakeCloudSource
 from textual.pilot import Pilot
 
