@@ -10,6 +10,7 @@ that nothing is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -269,7 +270,7 @@ class Supervisor:
             if alive:
                 time.sleep(0.2)
         for pid in alive:
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
         return [p for p in alive if _alive(p)]
@@ -339,14 +340,6 @@ def port_owner(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is ProcessLookupError
 
 
 def _alive(pid: int) -> bool:
