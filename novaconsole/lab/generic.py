@@ -71,6 +71,7 @@ def run_quiet(
     input_text: str | None = None,
     timeout: float = 600,
     secrets: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> str:
     """Run a command; on failure raise naming ``what`` with its scrubbed last output line."""
     full_env = dict(os.environ)
@@ -84,6 +85,7 @@ def run_quiet(
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=cwd,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

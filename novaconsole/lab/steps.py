@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -174,11 +175,16 @@ class RabbitStep(Step[dict[str, bool]]):
                 "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             }
-            run_quiet(["rabbitmq-server", "-detached"], env=env, what="rabbitmq-server -detached")
-            run_quiet(
-                ["rabbitmqctl", "-q", "wait", "--timeout", "60", "--pid", "0"],
-                what="wait for RabbitMQ",
-            )
+            # Debian's package may already have started the broker from its postinst.
+            if not port_owner(self.config.rabbit_host, self.config.rabbit_port):
+                run_quiet(
+                    ["rabbitmq-server", "-detached"], env=env, what="rabbitmq-server -detached"
+                )
+            deadline = time.monotonic() + 120
+            while not port_owner(self.config.rabbit_host, self.config.rabbit_port):
+                if time.monotonic() > deadline:
+                    raise ConnectionFailure(f"RabbitMQ did not come up at {where} within 120 s")
+                time.sleep(1)
         if not shutil.which("rabbitmqctl"):
             raise ConnectionFailure(f"rabbitmqctl not found; cannot manage users on {where}")
         users = self._ctl("list_users").stdout
@@ -238,13 +244,12 @@ class NoVNCStep(Step[bool]):
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run_quiet(
-                ["apt-get", "download", "novnc"], what="apt-get download novnc", env={"PWD": tmp}
+                ["apt-get", "download", "novnc"], what="apt-get download novnc", cwd=Path(tmp)
             )
-            debs = list(Path(".").glob("novnc_*.deb"))
-            for deb in debs:
-                run_quiet(["dpkg-deb", "-x", str(deb), tmp], what="unpack novnc")
-                deb.unlink()
-            shutil.copytree(Path(tmp) / "usr/share/novnc", self.target, dirs_exist_ok=True)
+            unpacked = Path(tmp) / "root"
+            for deb in Path(tmp).glob("novnc_*.deb"):
+                run_quiet(["dpkg-deb", "-x", str(deb), str(unpacked)], what="unpack novnc")
+            shutil.copytree(unpacked / "usr/share/novnc", self.target, dirs_exist_ok=True)
 
 
 def novnc_dir(config: LabConfig) -> Path:

@@ -186,3 +186,18 @@ def test_wsgi_shim_resets_argv_before_import(tmp_path: Path) -> None:
     assert "--no-control-socket" in spec.argv
     assert spec.argv[-1] == "wsgi_demo_api:application"
     assert spec.port == 1234
+
+
+@pytest.mark.lab
+def test_novnc_files_unpack_from_debians_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path a non-root operator gets: noVNC unpacked from the .deb, no install."""
+    import novaconsole.lab.steps as lab_steps
+
+    monkeypatch.setattr(lab_steps, "novnc_dir", lambda config: config.data_dir / "novnc")
+    step = lab_steps.NoVNCStep(LabConfig(state_dir=tmp_path))
+    report = run_steps([step], RunContext())
+    assert report.results[0].status is Status.CHANGED, report.results[0].error
+    assert (tmp_path / "data" / "novnc" / "vnc_lite.html").is_file()
+    assert run_steps([step], RunContext()).results[0].status is Status.OK
