@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -47,20 +48,26 @@ class Round:
 
     verify_s: float
     cli_s: tuple[float, ...]
+    #: verify's own phases from its JSON: connect (SDK import + config), auth, checks.
+    phases_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def cli_total_s(self) -> float:
         return sum(self.cli_s)
 
 
-def _timed(argv: Sequence[str]) -> float:
+def _run(argv: Sequence[str]) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"bench: `{shlex.join(argv)}` exited {proc.returncode}: {last}")
-    return elapsed
+    return elapsed, proc.stdout
+
+
+def _timed(argv: Sequence[str]) -> float:
+    return _run(argv)[0]
 
 
 def _default_openstack() -> str:
@@ -84,9 +91,17 @@ def run_rounds(cloud: str, repeat: int, novaconsole: str, openstack: str) -> lis
         _timed(cmd)
     rounds = []
     for i in range(repeat):
-        verify_s = _timed(verify_cmd)
+        verify_s, out = _run(verify_cmd)
+        verify_json = json.loads(out)
         cli_s = tuple(_timed(cmd) for cmd in cli_cmds)
-        rounds.append(Round(verify_s, cli_s))
+        phases = verify_json["phases_s"]
+        rounds.append(
+            Round(
+                verify_s,
+                cli_s,
+                (float(phases["connect"]), float(phases["auth"]), float(phases["checks"])),
+            )
+        )
         print(
             f"round {i + 1}/{repeat}: verify {verify_s:.2f} s, "
             f"openstack x4 {sum(cli_s):.2f} s ({', '.join(f'{t:.2f}' for t in cli_s)})",
@@ -95,8 +110,14 @@ def run_rounds(cloud: str, repeat: int, novaconsole: str, openstack: str) -> lis
     return rounds
 
 
-def report(rounds: Sequence[Round], command: str, novaconsole: str, openstack: str) -> str:
-    """The Markdown section for RESULTS.md (also printed)."""
+def report(
+    rounds: Sequence[Round],
+    command: str,
+    novaconsole: str,
+    openstack: str,
+    load: tuple[float, float],
+) -> str:
+    """The Markdown section for RESULTS.md (also printed); ``load``: 1-min load before/after."""
     verify_med = statistics.median(r.verify_s for r in rounds)
     cli_med = statistics.median(r.cli_total_s for r in rounds)
     ratio = cli_med / verify_med
@@ -107,12 +128,16 @@ def report(rounds: Sequence[Round], command: str, novaconsole: str, openstack: s
         "",
         f"Command: `{command}`  ",
         f"Date: {now}; machine: {os.cpu_count()} CPUs, {platform.machine()}, "
-        f"Python {platform.python_version()}; {len(rounds)} rounds after one warm-up round.  ",
+        f"Python {platform.python_version()}; {len(rounds)} rounds after one warm-up round; "
+        f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after (shared machine).  ",
         f"novaconsole: `{novaconsole}`; openstack: `{openstack}`",
         "",
         "| what | median (s) | min (s) | max (s) |",
         "|---|---:|---:|---:|",
         _row("novaconsole verify -f json", [r.verify_s for r in rounds]),
+        _row("... connect (SDK import, cloud config)", [r.phases_s[0] for r in rounds]),
+        _row("... auth (one token from Keystone)", [r.phases_s[1] for r in rounds]),
+        _row("... checks (concurrent API calls)", [r.phases_s[2] for r in rounds]),
         _row("openstack, 4 commands in total", [r.cli_total_s for r in rounds]),
     ]
     for i, cmd in enumerate(CLI_COMMANDS):
@@ -159,11 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeat must be at least 1")
     openstack = args.openstack or _default_openstack()
     novaconsole = args.novaconsole or _default_novaconsole()
+    load_before = os.getloadavg()[0]
     rounds = run_rounds(args.cloud, args.repeat, novaconsole, openstack)
+    load_after = os.getloadavg()[0]
     command = "python -m bench verify_vs_cli " + shlex.join(
         list(argv) if argv is not None else sys.argv[1:]
     )
-    text = report(rounds, command.strip(), novaconsole, openstack)
+    text = report(rounds, command.strip(), novaconsole, openstack, (load_before, load_after))
     print()
     print(text)
     if args.write:

@@ -73,6 +73,8 @@ class VerifyReport:
     cloud: str
     results: tuple[CheckResult, ...]
     elapsed_s: float
+    #: Where the time went: ``connect`` (SDK import + cloud config), ``auth``, ``checks``.
+    phases_s: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class VerifyReport:
             "cloud": self.cloud,
             "ok": self.ok,
             "elapsed_s": round(self.elapsed_s, 3),
+            "phases_s": {k: round(v, 3) for k, v in self.phases_s.items()},
             "checks": [r.as_dict() for r in self.results],
         }
 
@@ -382,9 +385,17 @@ def verify(
     auth_url = (conn.config.get_auth_args() or {}).get("auth_url")
     where = f"cloud {label!r}" + (f" (auth URL {auth_url})" if auth_url else "")
     checks = collect_checks(plugin_manager)
+    connected = time.perf_counter()
     authenticate(conn, where)
+    authenticated = time.perf_counter()
     results = run_checks(conn, checks)
-    return VerifyReport(label, tuple(results), time.perf_counter() - start)
+    done = time.perf_counter()
+    phases = {
+        "connect": connected - start,
+        "auth": authenticated - connected,
+        "checks": done - authenticated,
+    }
+    return VerifyReport(label, tuple(results), done - start, phases)
 
 
 def render_report(report: VerifyReport) -> str:

@@ -255,6 +255,7 @@ def test_report_table_and_json() -> None:
         "lab",
         (CheckResult("a", True, "fine", {"x": 1}, 0.01), CheckResult("b", False, "broken")),
         0.5,
+        {"connect": 0.2, "auth": 0.1, "checks": 0.2},
     )
     table = render_report(report)
     assert "a      PASS    fine" in table
@@ -262,6 +263,7 @@ def test_report_table_and_json() -> None:
     assert table.endswith("cloud 'lab': 1 passed, 1 failed in 0.50 s")
     data = json.loads(json.dumps(report.as_dict()))
     assert data["ok"] is False
+    assert data["phases_s"] == {"connect": 0.2, "auth": 0.1, "checks": 0.2}
     assert data["checks"][0] == {
         "name": "a",
         "ok": True,
