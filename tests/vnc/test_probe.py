@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -344,6 +345,63 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+def _free_vnc_display() -> int:
+    for display in range(50, 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 5900 + display))
+            except OSError:
+                continue
+            return display
+    raise RuntimeError("no free VNC display between :50 and :99")
+
+
+@pytest.fixture(scope="module")
+def qemu_vnc_port() -> Iterator[int | None]:
+    """A real QEMU VNC server (no guest: ``-machine none``), or None without QEMU."""
+    if QEMU is None:
+        yield None
+        return
+    display = _free_vnc_display()
+    proc = subprocess.Popen(
+        [
+            QEMU,
+            "-machine",
+            "none",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-S",
+            "-name",
+            "guest=novaconsole-probe-test",
+            "-vnc",
+            f"127.0.0.1:{display}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    port = 5900 + display
+    try:
+        deadline = time.monotonic() + 60  # start-up readiness, not a speed assertion
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stderr = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"QEMU did not start its VNC server: {stderr}")
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 @dataclass
 class Proxy:
     port: int
@@ -356,13 +414,15 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def websockify_proxy(
-    rfb_peers: RfbPeers, tmp_path_factory: pytest.TempPathFactory
+    rfb_peers: RfbPeers, qemu_vnc_port: int | None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Proxy]:
     """A real websockify process: TokenFile tokens, ExpectOrigin of its own origin."""
     workdir = tmp_path_factory.mktemp("websockify")
     tokens = workdir / "tokens"
     lines = [f"{name}: 127.0.0.1:{port}" for name, port in rfb_peers.ports.items()]
     lines.append(f"nothing-listens: 127.0.0.1:{_free_port()}")
+    if qemu_vnc_port is not None:
+        lines.append(f"qemu: 127.0.0.1:{qemu_vnc_port}")
     tokens.write_text("\n".join(lines) + "\n")
     port = _free_port()
     log = workdir / "websockify.log"
@@ -490,3 +550,26 @@ def test_direct_tcp_probe(rfb_peers: RfbPeers) -> None:
     assert result.version == (3, 3)
     with pytest.raises(ProbeError, match=r"VNC server at 127\.0\.0\.1:\d+ closed the connection"):
         probe_vnc_server("127.0.0.1", rfb_peers.ports["closes"], timeout=10)
+
+
+def _require(port: int | None) -> int:
+    if port is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    return port
+
+
+def test_real_qemu_vnc_server_directly(qemu_vnc_port: int | None) -> None:
+    result = probe_vnc_server("127.0.0.1", _require(qemu_vnc_port), timeout=10)
+    assert result.server_version == "RFB 003.008"
+    assert result.security_types == (1,)
+    assert result.name == "QEMU (novaconsole-probe-test)"
+    assert (result.width, result.height) == (640, 480)
+
+
+def test_real_qemu_vnc_server_through_websockify(
+    websockify_proxy: Proxy, qemu_vnc_port: int | None
+) -> None:
+    _require(qemu_vnc_port)
+    probe = probe_console(websockify_proxy.url("qemu"), timeout=10)
+    assert probe.handshake.name == "QEMU (novaconsole-probe-test)"
+    assert probe.handshake.pixel_format.true_colour
