@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-
 #: Characters that make a filter a regular expression rather than plain text.
 _REGEX_CHARS = frozenset(".^$*+?{}[]\\|()")
 

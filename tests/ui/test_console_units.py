@@ -383,3 +383,12 @@ def test_typing_on_narrows_only_plain_filters() -> None:
     inverted = RowFilter.parse("!nova-c")
     assert inverted is not None
     assert not inverted.narrows(RowFilter.parse("!nova"))
+
+
+def test_prefetched_connection_failure_is_one_line_on_first_use() -> None:
+    from novaconsole.console import prefetching_connect
+
+    connect = prefetching_connect("no-such-cloud-xyz", 1.0)
+    with pytest.raises(ConfigError) as info:
+        connect("no-such-cloud-xyz")
+    assert "cannot load cloud 'no-such-cloud-xyz'" in info.value.one_line()
