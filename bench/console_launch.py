@@ -101,7 +101,8 @@ def _console_round(cloud: str) -> tuple[float, dict[str, float]]:
     elapsed = time.perf_counter() - start
     proc.wait(timeout=30)
     if not line:
-        raise SystemExit(f"the console did not populate its panes: {proc.stderr.read()[-500:]}")
+        stderr = proc.stderr.read() if proc.stderr is not None else ""
+        raise SystemExit(f"the console did not populate its panes: {stderr[-500:]}")
     timings: dict[str, float] = json.loads(line)
     errors = [k for k in timings if k.endswith("-error")]
     if errors:
