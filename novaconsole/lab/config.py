@@ -41,7 +41,8 @@ class LabConfig:
 
     @property
     def venvs_dir(self) -> Path:
-        return self.state_dir / "venvs"
+        """Shared by every lab on the machine (a second lab's state dir reuses them)."""
+        return default_state_dir() / "venvs"
 
     @property
     def etc(self) -> Path:
