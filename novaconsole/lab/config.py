@@ -65,6 +65,11 @@ class LabConfig:
         return self.state_dir / "secrets.json"
 
     @property
+    def rabbit_marker(self) -> Path:
+        """Present when this lab started the RabbitMQ broker (so down stops it)."""
+        return self.state_dir / "rabbitmq-started-by-lab"
+
+    @property
     def ready_file(self) -> Path:
         return self.state_dir / "READY"
 

@@ -267,6 +267,10 @@ def lab_down(config: LabConfig) -> dict[str, Any]:
     states = supervisor.status()
     domains = _destroy_lab_domains() if "libvirtd" in states else []
     leftover = supervisor.stop_all()
+    if config.rabbit_marker.exists():
+        # Only a broker this lab started itself; one that was already running stays.
+        subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
+        config.rabbit_marker.unlink()
     config.ready_file.unlink(missing_ok=True)
     if leftover:
         raise NovaconsoleError(f"lab down: processes still alive after SIGKILL: {leftover}")

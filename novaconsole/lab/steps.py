@@ -180,6 +180,8 @@ class RabbitStep(Step[dict[str, bool]]):
                 run_quiet(
                     ["rabbitmq-server", "-detached"], env=env, what="rabbitmq-server -detached"
                 )
+            # Ours now: lab down stops it again.
+            atomic_write(self.config.rabbit_marker, "started by novaconsole lab up\n")
             deadline = time.monotonic() + 120
             while not port_owner(self.config.rabbit_host, self.config.rabbit_port):
                 if time.monotonic() > deadline:
