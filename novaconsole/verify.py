@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -326,6 +327,18 @@ def builtin_checks() -> list[Check]:
     ]
 
 
+_UNREACHABLE_URL = re.compile(r"Unable to establish connection to (\S+?):? ")
+
+
+def _failure_line(exc: Exception, what: str) -> str:
+    """One line for a failed check; names the URL when a service could not be reached."""
+    line = describe_failure(exc, what).one_line()
+    match = _UNREACHABLE_URL.search(str(exc))
+    if line.endswith("cannot connect") and match:
+        line += f" to {match.group(1)}"
+    return line
+
+
 def _run_one(check: Check, conn: Any) -> CheckResult:
     start = time.perf_counter()
     try:
@@ -333,7 +346,7 @@ def _run_one(check: Check, conn: Any) -> CheckResult:
     except NovaconsoleError as exc:
         result = CheckResult(check.name, False, exc.one_line())
     except Exception as exc:  # a check's failure is a verdict, not a crash
-        result = CheckResult(check.name, False, describe_failure(exc, check.name).one_line())
+        result = CheckResult(check.name, False, _failure_line(exc, check.name))
     duration = time.perf_counter() - start
     return CheckResult(check.name, result.ok, result.summary, result.facts, duration)
 

@@ -250,6 +250,22 @@ def test_a_raising_check_fails_alone_with_one_line() -> None:
     assert results[1].ok
 
 
+def test_unreachable_service_is_named_with_its_url() -> None:
+    from keystoneauth1 import exceptions as ka
+
+    def unreachable(conn: object) -> CheckResult:
+        # The exception keystoneauth raises when nova-api's port is closed.
+        raise ka.ConnectFailure(
+            "Unable to establish connection to http://127.0.0.1:8774/v2.1/os-services: "
+            "HTTPConnectionPool(host='127.0.0.1', port=8774): Max retries exceeded"
+        )
+
+    (result,) = run_checks(object(), [Check("compute-services", unreachable)])
+    assert result.summary == (
+        "compute-services: cannot connect to http://127.0.0.1:8774/v2.1/os-services"
+    )
+
+
 def test_report_table_and_json() -> None:
     report = VerifyReport(
         "lab",
