@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,24 @@ def _default_novaconsole() -> str:
     return str(beside) if beside.exists() else (shutil.which("novaconsole") or "novaconsole")
 
 
+def compile_bytecode() -> str:
+    """Compile this environment's packages and novaconsole to bytecode, as pip does on install.
+
+    uv (the dev set-up) does not compile on install and ``PYTHONDONTWRITEBYTECODE`` may
+    stop Python from caching, so without this every ``novaconsole`` run would recompile
+    openstacksdk from source while the lab's ``openstack`` venv has its bytecode: an
+    unfair comparison. Returns a note for the results.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    targets = [sysconfig.get_paths()["purelib"], str(repo / "novaconsole"), str(repo / "plugins")]
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-j", "0", *targets],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return "bytecode compiled for novaconsole's environment first, as pip does on install"
+
+
 def run_rounds(cloud: str, repeat: int, novaconsole: str, openstack: str) -> list[Round]:
     """Warm up once, then ``repeat`` interleaved rounds."""
     verify_cmd = [novaconsole, "--os-cloud", cloud, "verify", "-f", "json"]
@@ -116,6 +135,7 @@ def report(
     novaconsole: str,
     openstack: str,
     load: tuple[float, float],
+    note: str = "",
 ) -> str:
     """The Markdown section for RESULTS.md (also printed); ``load``: 1-min load before/after."""
     verify_med = statistics.median(r.verify_s for r in rounds)
@@ -130,7 +150,7 @@ def report(
         f"Date: {now}; machine: {os.cpu_count()} CPUs, {platform.machine()}, "
         f"Python {platform.python_version()}; {len(rounds)} rounds after one warm-up round; "
         f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after (shared machine).  ",
-        f"novaconsole: `{novaconsole}`; openstack: `{openstack}`",
+        f"novaconsole: `{novaconsole}`; openstack: `{openstack}`" + (f"; {note}" if note else ""),
         "",
         "| what | median (s) | min (s) | max (s) |",
         "|---|---:|---:|---:|",
@@ -189,18 +209,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--openstack", default=None, help="openstack CLI to compare with")
     parser.add_argument("--novaconsole", default=None, help="novaconsole script to time")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not compile bytecode before timing"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     openstack = args.openstack or _default_openstack()
     novaconsole = args.novaconsole or _default_novaconsole()
+    note = "" if args.no_compile or args.novaconsole else compile_bytecode()
     load_before = os.getloadavg()[0]
     rounds = run_rounds(args.cloud, args.repeat, novaconsole, openstack)
     load_after = os.getloadavg()[0]
     command = "python -m bench verify_vs_cli " + shlex.join(
         list(argv) if argv is not None else sys.argv[1:]
     )
-    text = report(rounds, command.strip(), novaconsole, openstack, (load_before, load_after))
+    text = report(rounds, command.strip(), novaconsole, openstack, (load_before, load_after), note)
     print()
     print(text)
     if args.write:
