@@ -167,6 +167,10 @@ def lab_up(
 ) -> RunReport:
     """Stand the lab up (or converge a running one); READY marks a lab that passed."""
     preflight(config)
+    # Some machines set PYTHONDONTWRITEBYTECODE; then every nova-manage run and service
+    # start would recompile nova from source (~4 s each). The lab's processes may cache
+    # bytecode for the modules they actually import (cheaper than compiling whole venvs).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if not dry_run:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)

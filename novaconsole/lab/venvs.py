@@ -87,18 +87,7 @@ def install_venv(venv: Venv, *, log_path: Path) -> None:
         if uv:
             commands = [
                 [uv, "venv", "--allow-existing", "-q", "-p", sys.executable, str(venv.path)],
-                # Byte-compile at install: with PYTHONDONTWRITEBYTECODE set (as on CI
-                # machines) every nova-manage run would otherwise recompile nova (~4 s).
-                [
-                    uv,
-                    "pip",
-                    "install",
-                    "-q",
-                    "--compile-bytecode",
-                    "--python",
-                    str(venv.python),
-                    *venv.packages,
-                ],
+                [uv, "pip", "install", "-q", "--python", str(venv.python), *venv.packages],
             ]
         else:
             commands = [
