@@ -4,7 +4,7 @@ Each repetition runs, as separate processes the way an operator types them,
 ``novaconsole --os-cloud CLOUD verify -f json`` and then ``openstack --os-cloud CLOUD``
 ``compute service list``, ``catalog list``, ``image list`` and ``hypervisor list``
 (``-f json``), timing each wall clock. One untimed warm-up round first fills the page
-cache for both. Goal: the four CLI calls take at least 10x as long as ``verify``.
+cache and Python's bytecode cache for both. Goal: the four CLI calls take at least 10x as long as ``verify``.
 ``--write`` records the result in the "verify" section of bench/RESULTS.md.
 """
 
@@ -20,7 +20,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ class Round:
 
 def _run(argv: Sequence[str]) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=_bench_env())
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -83,22 +82,17 @@ def _default_novaconsole() -> str:
     return str(beside) if beside.exists() else (shutil.which("novaconsole") or "novaconsole")
 
 
-def compile_bytecode() -> str:
-    """Compile this environment's packages and novaconsole to bytecode, as pip does on install.
+#: Both tools run with this environment: Python may cache bytecode, as on a normal machine.
+#: (PYTHONDONTWRITEBYTECODE, set in some sandboxes, would make whichever venv was installed
+#: without bytecode, e.g. by uv, recompile its sources on every run.)
+BYTECODE_NOTE = (
+    "PYTHONDONTWRITEBYTECODE unset for both tools, so the warm-up round lets each cache "
+    "its bytecode as on a normal machine"
+)
 
-    uv (the dev set-up) does not compile on install and ``PYTHONDONTWRITEBYTECODE`` may
-    stop Python from caching, so without this every ``novaconsole`` run would recompile
-    openstacksdk from source while the lab's ``openstack`` venv has its bytecode: an
-    unfair comparison. Returns a note for the results.
-    """
-    repo = Path(__file__).resolve().parent.parent
-    targets = [sysconfig.get_paths()["purelib"], str(repo / "novaconsole"), str(repo / "plugins")]
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", "-j", "0", *targets],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return "bytecode compiled for novaconsole's environment first, as pip does on install"
+
+def _bench_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def run_rounds(cloud: str, repeat: int, novaconsole: str, openstack: str) -> list[Round]:
@@ -209,22 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--openstack", default=None, help="openstack CLI to compare with")
     parser.add_argument("--novaconsole", default=None, help="novaconsole script to time")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
-    parser.add_argument(
-        "--no-compile", action="store_true", help="do not compile bytecode before timing"
-    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     openstack = args.openstack or _default_openstack()
     novaconsole = args.novaconsole or _default_novaconsole()
-    note = "" if args.no_compile or args.novaconsole else compile_bytecode()
     load_before = os.getloadavg()[0]
     rounds = run_rounds(args.cloud, args.repeat, novaconsole, openstack)
     load_after = os.getloadavg()[0]
     command = "python -m bench verify_vs_cli " + shlex.join(
         list(argv) if argv is not None else sys.argv[1:]
     )
-    text = report(rounds, command.strip(), novaconsole, openstack, (load_before, load_after), note)
+    text = report(
+        rounds, command.strip(), novaconsole, openstack, (load_before, load_after), BYTECODE_NOTE
+    )
     print()
     print(text)
     if args.write:
