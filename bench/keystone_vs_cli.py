@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench._results import RESULTS, write_section
 from novaconsole.cloud import LAB_CLOUD, connect
 from novaconsole.site import Site
 from novaconsole.steps import RunContext, Status, run_steps
@@ -40,13 +41,7 @@ from novaconsole_controller.identity import (
 
 GOAL_RATIO = 10.0
 LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## keystone"
-RESULTS_HEADER = (
-    "# Benchmark results\n\n"
-    "Speed goals are measured by `python -m bench ...` on the lab, never asserted in tests.\n"
-    "Each section gives its exact command, date and machine.\n"
-)
 #: (service, type, port, path) as in the guide, with today's URLs.
 GUIDE_SERVICES = (
     ("nova", "compute", 8774, "/v2.1"),
@@ -160,20 +155,6 @@ def report(cli_s: float, first_s: float, again_s: float, command: str) -> str:
     )
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only the "keystone" section; other sections stay as they are."""
-    current = path.read_text() if path.exists() else RESULTS_HEADER
-    lines = current.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        body = current if current.endswith("\n") else current + "\n"
-        path.write_text(body + "\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both sides once on the same Keystone; print the table; ``--write`` records it."""
     parser = argparse.ArgumentParser(prog="python -m bench keystone_vs_cli")
@@ -201,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(cli_s, first_s, again_s, command.replace(" --write", ""))
     print(text)
     if args.write:
-        write_section(text)
+        write_section("keystone", text)
         print(f"written to {RESULTS}")
     return 0
 
