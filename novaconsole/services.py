@@ -37,6 +37,8 @@ class ServiceSpec:
     stop_signal: str = "TERM"
     stop_wait: int = 10
     directory: str | None = None
+    #: Files whose change needs a restart (besides configuration the caller watches).
+    watch: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ WSGI_SHIM = """\
 import sys
 
 sys.argv = sys.argv[:1]
-from {module} import application  # noqa: E402,F401
+{prelude}from {module} import application  # noqa: E402,F401
 """
 
 
@@ -298,15 +300,19 @@ def wsgi_service(
     workers: int = 1,
     threads: int = 4,
     timeout: int = 120,
+    prelude: tuple[str, ...] = (),
 ) -> ServiceSpec:
     """A gunicorn-served WSGI API (``module`` exposes ``application``).
 
     Writes a small shim module into ``shim_dir`` that resets ``sys.argv`` before importing
-    the application; gunicorn runs with ``--no-control-socket`` so several can share a host.
+    the application (after the ``prelude`` statements); gunicorn runs with
+    ``--no-control-socket`` so several can share a host.
     """
     shim_name = "wsgi_" + name.replace("-", "_")
     shim = shim_dir / f"{shim_name}.py"
-    text = WSGI_SHIM.format(module=module)
+    text = WSGI_SHIM.format(
+        module=module, prelude="".join(f"{line}  # noqa: E402\n" for line in prelude)
+    )
     try:
         current = shim.read_text()
     except FileNotFoundError:
@@ -330,7 +336,7 @@ def wsgi_service(
         name,
         f"{shim_name}:application",
     )
-    return ServiceSpec(name=name, argv=argv, env=dict(env), port=port, stop_wait=15)
+    return ServiceSpec(name=name, argv=argv, env=dict(env), port=port, stop_wait=15, watch=(shim,))
 
 
 def port_owner(host: str, port: int) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,16 @@ class LabConfig:
     @property
     def data_dir(self) -> Path:
         return self.state_dir / "data"
+
+    @property
+    def instances_dir(self) -> Path:
+        """Where guests' disks live. QEMU runs as libvirt-qemu and must traverse every
+        parent directory, which /root (0700) and the 0700 state directory forbid, so a
+        root lab keeps them under /var/lib (one directory per state directory)."""
+        if os.geteuid() != 0:
+            return self.data_dir / "nova" / "instances"
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/lib/novaconsole/instances") / digest
 
     @property
     def secrets_file(self) -> Path:

@@ -185,14 +185,14 @@ class ServicesStep(Step[dict[str, object]]):
 
     def _hashes(self) -> dict[str, str]:
         out = {}
-        for service, paths in self.watched.items():
+        for spec in self.specs:
             digest = hashlib.sha256()
-            for path in paths:
+            for path in [*self.watched.get(spec.name, []), *spec.watch]:
                 try:
                     digest.update(path.read_bytes())
                 except FileNotFoundError:
                     digest.update(b"<missing>")
-            out[service] = digest.hexdigest()
+            out[spec.name] = digest.hexdigest()
         return out
 
     def _recorded(self) -> dict[str, str]:

@@ -59,6 +59,7 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         extra_services=["keystone", "glance", "placement", "neutron"],
         services_dir=config.services_dir,
         supervisor_bin_dir=venv.bin,
+        nova_options={"DEFAULT": {"instances_path": str(config.instances_dir)}},
         secrets=secrets,
         source=f"lab at {config.state_dir}",
     )
@@ -78,6 +79,7 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
         lab.RabbitStep(config, site.secret("RABBIT_PASS")),
         *lab.memcached_steps(config, supervisor),
         lab.NoVNCStep(config),
+        lab.InstancesDirStep(config),
         *lab.keystone_steps(config, site, venvs["openstack"], supervisor),
         *lab.glance_steps(config, site, venvs["openstack"], supervisor),
         *lab.placement_steps(config, site, venvs["openstack"], supervisor),
@@ -118,8 +120,8 @@ def preflight(config: LabConfig) -> None:
     ours = supervisor_for(config).status() if config.services_dir.exists() else {}
     for key, port in config.ports.items():
         owner = PORT_OWNERS.get(key)
-        if key == "memcached" or (owner in ours and ours[owner].state == "RUNNING"):
-            continue  # an existing memcached is reused; our own services hold their ports
+        if owner in ours and ours[owner].state == "RUNNING":
+            continue  # our own services hold their ports
         if port_owner(config.host, port):
             raise ConfigError(
                 f"port {port} on {config.host} ({key}) is already taken by another process",

@@ -254,6 +254,38 @@ class NoVNCStep(Step[bool]):
             shutil.copytree(unpacked / "usr/share/novnc", self.target, dirs_exist_ok=True)
 
 
+class InstancesDirStep(Step[list[str]]):
+    """The guests' disk directory, traversable by QEMU (which runs as libvirt-qemu)."""
+
+    name = "lab.instances-dir"
+    phase = "prepare"
+
+    def __init__(self, config: LabConfig) -> None:
+        self.path = config.instances_dir
+        self.description = f"instances directory {self.path}"
+
+    def _chain(self) -> list[Path]:
+        # The directory and the parents we create (never chmod a system directory).
+        return [self.path, *[p for p in self.path.parents if "novaconsole" in p.name]]
+
+    def check(self, ctx: RunContext) -> list[str]:
+        problems = []
+        for directory in self._chain():
+            if not directory.is_dir():
+                problems.append(f"create {directory}")
+            elif directory.stat().st_mode & 0o011 != 0o011:
+                problems.append(f"allow traversal (0711) of {directory}")
+        return problems
+
+    def plan(self, ctx: RunContext, observed: list[str]) -> list[str]:
+        return observed
+
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for directory in self._chain():
+            directory.chmod(directory.stat().st_mode | 0o711)
+
+
 def novnc_dir(config: LabConfig) -> Path:
     """Where noVNC's files are: the system's package if installed, else the lab's copy."""
     system = Path("/usr/share/novnc")
@@ -287,15 +319,15 @@ def transport_url(config: LabConfig, site: Site) -> str:
 
 
 def memcached_steps(config: LabConfig, supervisor: Supervisor) -> list[Step[Any]]:
-    """memcached under the supervisor, unless one already serves the port."""
+    """memcached under the supervisor."""
     port = config.ports["memcached"]
     spec = ServiceSpec(
         "memcached",
         ("/usr/bin/memcached", "-u", "root", "-l", config.host, "-p", str(port), "-m", "64"),
         port=port,
     )
-    if port_owner(config.host, port) and "memcached" not in supervisor.status():
-        return []
+    # Always the lab's own: Keystone caches tokens and role ids there, and a memcached
+    # left over from another Keystone serves stale ids (403s on a fresh lab).
     return [ServicesStep("lab.memcached", supervisor, [spec], phase="prepare", start_timeout=20)]
 
 
@@ -346,10 +378,11 @@ def keystone_steps(
         bin_dir=venv.bin,
         shim_dir=config.services_dir / "wsgi",
         env={"OS_KEYSTONE_CONFIG_DIR": str(etc)},
-        # On SQLite a second worker process only adds "database is locked" errors;
-        # on a database server two workers serve bursts of token requests better.
-        workers=1 if site.uses_sqlite else 2,
-        threads=8,
+        # Single-threaded workers: Keystone 30 builds its policy enforcer lazily, and
+        # concurrent first requests to a fresh worker race it (403/500 for an admin,
+        # reproduced here). Its writes are rare, so two processes share SQLite fine.
+        workers=2,
+        threads=1,
     )
     setup_user = ["--keystone-user", "root", "--keystone-group", "root"]
     return [
@@ -721,6 +754,15 @@ def neutron_steps(
         bin_dir=venv.bin,
         shim_dir=config.services_dir / "wsgi",
         env={"OS_NEUTRON_CONFIG_DIR": str(etc)},
+        # Neutron's get_ports names back-references (Port.port_forwardings, ...) that exist
+        # only once their models are imported *and* SQLAlchemy has configured mappers,
+        # which a fresh worker has not done before its first query: without this, a
+        # worker whose first request lists ports (every Nova server show) answers 500.
+        prelude=(
+            "import neutron.db.migration.models.head",
+            "import sqlalchemy.orm",
+            "sqlalchemy.orm.configure_mappers()",
+        ),
     )
     return [
         FileStep("lab.neutron.conf", conf, render, phase="dependencies"),

@@ -39,10 +39,19 @@ def qemu_pids() -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited process PID 1 has not reaped yet is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[-1][:1] != "Z"
+
+
 def assert_down(state_dir: Path, pids: list[int]) -> None:
     proc = run_novaconsole("lab", "down", "--state-dir", str(state_dir))
     assert proc.returncode == 0, proc.stderr
-    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    alive = [pid for pid in pids if running(pid)]
     assert alive == []
     assert qemu_pids() == []
     status = run_novaconsole("lab", "status", "-f", "json", "--state-dir", str(state_dir))
