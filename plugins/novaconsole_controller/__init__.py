@@ -35,7 +35,12 @@ def controller_steps(site: Site) -> list[Step[Any]]:
 
 @hookimpl
 def novaconsole_provision_steps(role: str, site: Site) -> Sequence[Step[Any]]:
-    """The controller's steps for role ``controller``; nothing for other roles."""
-    if role != "controller":
-        return []
-    return controller_steps(site)
+    """The controller's steps for role ``controller``; for ``compute``, the nova.conf
+    options a compute node shares with the controller (queue, Keystone, Placement)."""
+    if role == "controller":
+        return controller_steps(site)
+    if role == "compute":
+        from novaconsole_controller.novaconf import NovaConfStep
+
+        return [NovaConfStep(site, for_compute_node=True)]
+    return []

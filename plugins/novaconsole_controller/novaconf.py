@@ -149,8 +149,14 @@ def _service_auth(
     }
 
 
-def controller_options(site: Site, ctx: RunContext | None = None) -> Wanted:
-    """Every option the controller owns in nova.conf (values may be secret)."""
+def controller_options(
+    site: Site, ctx: RunContext | None = None, *, controller: bool = True
+) -> Wanted:
+    """Every option the controller owns in nova.conf (values may be secret).
+
+    With ``controller=False``: the part a compute node needs as well (message queue,
+    Keystone, Placement, Glance, service user), without database connections.
+    """
     auth = keystone_url(site, ctx)
     nova_pass = site.secret("NOVA_PASS")
     wanted: dict[str, dict[str, WantedValue]] = {
@@ -202,6 +208,13 @@ def controller_options(site: Site, ctx: RunContext | None = None) -> Wanted:
             "endpoint_override": site.neutron_url,
             "service_metadata_proxy": "false",
         }
+    if not controller:
+        # A compute node has no database access (the guide's compute section) and runs
+        # none of the controller's workers or proxies.
+        for section in ("api_database", "database", "conductor", "scheduler"):
+            wanted.pop(section, None)
+        for key in ("novncproxy_host", "novncproxy_port"):
+            wanted["vnc"].pop(key, None)
     translated = translate_options(site.nova_options, site)
     if ctx is not None:
         for text in translated.notes:
@@ -236,16 +249,21 @@ class NovaConfStep(Step[ConfObserved]):
     name = "controller.nova_conf"
     phase = "config"
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, *, for_compute_node: bool = False) -> None:
         self.site = site
         self.path = site.nova_conf
-        self.description = f"nova.conf controller options in {site.nova_conf}"
+        self.controller = not for_compute_node
+        if for_compute_node:
+            self.name = "controller.nova_conf.compute_node"
+            self.description = f"nova.conf options a compute node shares, in {site.nova_conf}"
+        else:
+            self.description = f"nova.conf controller options in {site.nova_conf}"
 
     def _dirs(self) -> list[Path]:
         return [self.site.state_path, self.site.lock_path]
 
     def check(self, ctx: RunContext) -> ConfObserved:
-        wanted = controller_options(self.site, ctx)
+        wanted = controller_options(self.site, ctx, controller=self.controller)
         changes = plan_options(IniDocument.load(self.path), wanted)
         return ConfObserved(
             changes,
@@ -264,7 +282,8 @@ class NovaConfStep(Step[ConfObserved]):
         return plan
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
-        wanted = controller_options(self.site, ctx)  # secrets resolved before any write
+        # Secrets are resolved before any write.
+        wanted = controller_options(self.site, ctx, controller=self.controller)
         try:
             for directory in self._dirs():
                 directory.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)

@@ -171,3 +171,29 @@ def test_each_needed_secret_is_named_when_missing(site: Site, name: str) -> None
     del site.secrets[name]
     with pytest.raises(ConfigError, match=f"secret {name} is not set"):
         NovaConfStep(site).check(RunContext())
+
+
+def test_compute_node_gets_the_shared_options_without_database_access(
+    site: Site, ctx: RunContext
+) -> None:
+    """A separate compute node's nova.conf: queue, Keystone, Placement; no DB URLs."""
+    from novaconsole.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(environ={})
+    steps = [
+        step
+        for result in pm.hook.novaconsole_provision_steps(role="compute", site=site)
+        for step in result
+        if step.name.startswith("controller.")
+    ]
+    assert [s.name for s in steps] == ["controller.nova_conf.compute_node"]
+    report = run_steps(steps, ctx)
+    assert report.results[0].status is Status.CHANGED, report.results[0].error
+    text = site.nova_conf.read_text()
+    assert "transport_url = rabbit://" in text
+    assert "[placement]" in text
+    assert "[keystone_authtoken]" in text
+    assert "[api_database]" not in text
+    assert "[database]" not in text
+    assert "novncproxy_port" not in text
+    assert run_steps(steps, ctx).results[0].status is Status.OK

@@ -7,8 +7,10 @@ from novaconsole.steps import PHASES, order_by_phase
 from novaconsole_controller import controller_steps, novaconsole_provision_steps
 
 
-def test_hook_gives_steps_only_for_the_controller(site: Site) -> None:
-    assert novaconsole_provision_steps(role="compute", site=site) == []
+def test_hook_gives_controller_steps_and_the_compute_nodes_shared_conf(site: Site) -> None:
+    compute = [s.name for s in novaconsole_provision_steps(role="compute", site=site)]
+    assert compute == ["controller.nova_conf.compute_node"]
+    assert novaconsole_provision_steps(role="storage", site=site) == []
     names = [s.name for s in novaconsole_provision_steps(role="controller", site=site)]
     assert names == [
         "controller.database.nova",
