@@ -245,7 +245,7 @@ class ResourcePane(Vertical):
                 )
 
     def on_resource_pane_loaded(self, message: Loaded) -> None:
-        message.stop()
+        # Not stopped: the app updates the header's "refreshed" time from it.
         if message.generation != self.generation:
             return
         self.table.empty_text = "(no rows)"
@@ -258,7 +258,6 @@ class ResourcePane(Vertical):
         self._update_status()
 
     def on_resource_pane_failed(self, message: Failed) -> None:
-        message.stop()
         if message.generation != self.generation:
             return
         self.error, self.error_at = message.error, message.at

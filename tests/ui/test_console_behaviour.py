@@ -483,3 +483,19 @@ async def test_plugin_mutating_action_is_hidden_in_readonly(fake_app: AppFactory
         app.pane("services").action_plugin_action(0)
         await settle(pilot)
         assert plugin.noted == []
+
+
+async def test_header_shows_the_refresh_time_after_a_manual_refresh(fake_app: AppFactory) -> None:
+    """The header follows every load, not just the one that raced the cloud info."""
+    from datetime import timedelta
+
+    later = FROZEN_NOW + timedelta(minutes=5)
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for pane in app.panes:
+            pane.clock = lambda: later
+        await pilot.press("r")
+        await settle(pilot)
+        header = str(app.query_one("#header").render())
+        assert f"refreshed {later:%H:%M:%S}" in header
