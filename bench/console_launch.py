@@ -26,15 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench._common import CLI_COMMANDS, LAB_OPENSTACK
+
 GOAL_S = 1.0
 PANES = ("services", "catalog", "images", "hypervisors")
-CLI_COMMANDS: tuple[tuple[str, ...], ...] = (
-    ("compute", "service", "list"),
-    ("catalog", "list"),
-    ("image", "list"),
-    ("hypervisor", "list"),
-)
-LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
 
 
 def child(cloud: str) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._results import RESULTS, write_section
+from bench._common import LAB_OPENSTACK, RESULTS, write_section
 from novaconsole.cloud import LAB_CLOUD, connect
 from novaconsole.site import Site
 from novaconsole.steps import RunContext, Status, run_steps
@@ -40,7 +40,6 @@ from novaconsole_controller.identity import (
 )
 
 GOAL_RATIO = 10.0
-LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
 SECTION = "## keystone"
 #: (service, type, port, path) as in the guide, with today's URLs.
 GUIDE_SERVICES = (

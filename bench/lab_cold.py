@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench._results import machine_facts, write_section
+from bench._common import machine_facts, write_section
 
 COLD_GOAL_S = 120.0
 WARM_GOAL_S = 10.0

@@ -25,21 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._common import CLI_COMMANDS, LAB_OPENSTACK, RESULTS, write_section
+
 GOAL_RATIO = 10.0
-CLI_COMMANDS: tuple[tuple[str, ...], ...] = (
-    ("compute", "service", "list"),
-    ("catalog", "list"),
-    ("image", "list"),
-    ("hypervisor", "list"),
-)
-LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## verify"
-RESULTS_HEADER = (
-    "# Benchmark results\n\n"
-    "Speed goals are measured by `python -m bench ...` on the lab, never asserted in tests.\n"
-    "Each section gives its exact command, date and machine.\n"
-)
 
 
 @dataclass(frozen=True)
@@ -183,20 +172,6 @@ def _row(label: str, values: Sequence[float]) -> str:
     return f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only the "verify" section; other sections are left as they are."""
-    current = path.read_text() if path.exists() else RESULTS_HEADER
-    lines = current.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        body = current if current.endswith("\n") else current + "\n"
-        path.write_text(body + "\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; print the table; with ``--write`` update bench/RESULTS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench verify_vs_cli", description=__doc__)
@@ -222,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(text)
     if args.write:
-        write_section(text)
+        write_section("verify", text)
         print(f"written to {RESULTS}")
     return 0
 

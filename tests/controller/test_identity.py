@@ -130,7 +130,7 @@ def test_wanted_identity_for_the_lab_uses_controller_host_and_modern_urls(site: 
 
 
 @pytest.fixture
-def test_identity(lab_cloud: str) -> Iterator[tuple[Site, IdentityWanted, Any]]:
+def throwaway_identity(lab_cloud: str) -> Iterator[tuple[Site, IdentityWanted, Any]]:
     """Throw-away entities (nctest-*) in a test region, removed afterwards."""
     tag = secrets.token_hex(3)
     region = f"nctest-region-{tag}"
@@ -171,9 +171,9 @@ def test_identity(lab_cloud: str) -> Iterator[tuple[Site, IdentityWanted, Any]]:
 
 @pytest.mark.lab
 def test_keystone_create_converge_and_repair(
-    test_identity: tuple[Site, IdentityWanted, Any],
+    throwaway_identity: tuple[Site, IdentityWanted, Any],
 ) -> None:
-    site, wanted, conn = test_identity
+    site, wanted, conn = throwaway_identity
     step = IdentityStep(site, wanted)
     first = run_steps([step], RunContext())
     assert first.results[0].status is Status.CHANGED, first.results[0].error
@@ -207,9 +207,9 @@ def test_keystone_create_converge_and_repair(
 
 @pytest.mark.lab
 def test_keystone_failure_midway_leaves_no_orphan(
-    test_identity: tuple[Site, IdentityWanted, Any],
+    throwaway_identity: tuple[Site, IdentityWanted, Any],
 ) -> None:
-    site, wanted, conn = test_identity
+    site, wanted, conn = throwaway_identity
     broken = ServiceIdentity(
         wanted.services[0].user, "NOVA_PASS", "x", "t" * 300, "too long a type", "http://x/"
     )

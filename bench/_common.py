@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: machine facts and section-wise updates of bench/RESULTS.md."""
+"""Shared by the benchmarks: the peer commands, machine facts, and section-wise updates of
+bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The lab venv's ``openstack`` client: the peer the benchmarks compare with.
+LAB_OPENSTACK = Path.home() / ".local/share/novaconsole/lab/venvs/openstack/bin/openstack"
+#: The guide's "Verify operation" commands (what verify and the console replace).
+CLI_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("compute", "service", "list"),
+    ("catalog", "list"),
+    ("image", "list"),
+    ("hypervisor", "list"),
+)
 HEADER = (
     "# Benchmark results\n\n"
     "Speed goals are measured by `python -m bench ...` on the lab, never asserted in tests.\n"
