@@ -28,7 +28,6 @@ from novaconsole.lab.generic import (
     CommandStep,
     FileStep,
     ServicesStep,
-    http_health,
     render_ini,
     run_quiet,
 )
@@ -880,8 +879,3 @@ def _conn(ctx: RunContext) -> Any:
         conn = connect(LAB_CLOUD, timeout=60)
         ctx.cache["lab-cloud"] = conn
     return conn
-
-
-def health_of(url: str) -> str | None:
-    """Re-exported for status: None when healthy."""
-    return http_health(url)
