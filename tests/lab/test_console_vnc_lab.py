@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from novaconsole.lab.config import LabConfig
 from novaconsole.vnc.probe import ProbeError, parse_console_url, probe_console
 
 pytestmark = pytest.mark.lab
@@ -115,3 +116,28 @@ def test_unknown_token_is_dropped_by_novncproxy(lab_server: LabServer) -> None:
     forged = lab_server.console_url.replace(real, uuid.uuid4().hex + uuid.uuid4().hex[:4])
     with pytest.raises(ProbeError, match="token is invalid or expired"):
         probe_console(forged, timeout=30)
+
+
+def test_guest_runs_with_the_virt_type_the_compute_plugin_chose(
+    lab_server: LabServer, lab_state: LabConfig
+) -> None:
+    """The booted guest is a real libvirt domain of the type `lab status` reports."""
+    import re
+
+    import libvirt
+
+    from novaconsole.lab.config import load_or_create_secrets
+    from novaconsole.lab.runner import lab_site
+    from novaconsole_compute import host_facts
+
+    facts = host_facts(lab_site(lab_state, load_or_create_secrets(lab_state.secrets_file)))
+    assert facts.driver == "libvirt"
+    conn = libvirt.openReadOnly("qemu:///system")
+    try:
+        domain = conn.lookupByName(lab_server.server.instance_name)
+        match = re.search(r"<domain type='(\w+)'", domain.XMLDesc(0))
+        assert match is not None
+        assert match.group(1) == facts.virt_type
+        assert domain.isActive()
+    finally:
+        conn.close()
