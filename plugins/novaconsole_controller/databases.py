@@ -9,12 +9,10 @@ reset. Without a server, the SQLite files are created under ``Site.sqlite_dir`` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from novaconsole.dburl import (
@@ -229,8 +227,6 @@ class SqliteObserved:
 
     dir_mode: int | None
     existing: set[str]
-    #: Existing databases not yet in write-ahead-log mode.
-    not_wal: set[str]
 
 
 class SqliteDatabaseStep(Step[SqliteObserved]):
@@ -254,8 +250,7 @@ class SqliteDatabaseStep(Step[SqliteObserved]):
         except FileNotFoundError:
             mode = None
         existing = {db for db in self.databases if sqlite_path(self.site, db).is_file()}
-        not_wal = {db for db in existing if _journal_mode(sqlite_path(self.site, db)) != "wal"}
-        return SqliteObserved(mode, existing, not_wal)
+        return SqliteObserved(mode, existing)
 
     def plan(self, ctx: RunContext, observed: SqliteObserved) -> list[str]:
         directory = sqlite_path(self.site, "x").parent
@@ -268,11 +263,6 @@ class SqliteDatabaseStep(Step[SqliteObserved]):
             f"create SQLite database {sqlite_path(self.site, db)}"
             for db in self.databases
             if db not in observed.existing
-        ]
-        changes += [
-            f"switch {sqlite_path(self.site, db)} to write-ahead logging"
-            for db in self.databases
-            if db in observed.not_wal
         ]
         return changes
 
@@ -289,30 +279,10 @@ class SqliteDatabaseStep(Step[SqliteObserved]):
                     continue
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, SQLITE_FILE_MODE)
                 os.close(fd)
-            for db in self.databases:
-                path = sqlite_path(self.site, db)
-                if _journal_mode(path) != "wal":
-                    _set_wal(path)
-        except sqlite3.Error as exc:
-            raise StepFailed(f"{self.name}: cannot switch {path} to WAL: {exc}") from None
+                # An empty file is a valid SQLite database; opening it once proves it.
+                sqlite3.connect(path).close()
         except OSError as exc:
             raise StepFailed(f"{self.name}: cannot create {exc.filename}: {exc.strerror}") from None
-
-
-def _journal_mode(path: Path) -> str:
-    """The database's journal mode (``wal``, ``delete``, ...); reading changes nothing."""
-    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-        return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-
-
-def _set_wal(path: Path) -> None:
-    """Write-ahead logging: readers stop blocking the writer, so Nova's api, conductor,
-    scheduler and compute stop failing each other with "database is locked" (seen on
-    the lab under two concurrent boots). The mode is stored in the file itself."""
-    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-        mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
-    if mode != "wal":
-        raise sqlite3.OperationalError(f"journal_mode is {mode}")
 
 
 def database_steps(site: Site) -> list[Step[Any]]:

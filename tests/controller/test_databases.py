@@ -41,25 +41,6 @@ def test_sqlite_step_creates_files_and_second_run_changes_nothing(
     assert second.results[0].changes == []
 
 
-def test_sqlite_databases_use_write_ahead_logging_and_old_ones_are_switched(
-    site: Site, ctx: RunContext
-) -> None:
-    import sqlite3
-
-    site.sqlite_dir.mkdir(parents=True, mode=0o750)
-    old = site.sqlite_dir / "nova.sqlite"
-    sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.commit()
-    old.chmod(0o640)
-    step = SqliteDatabaseStep(site, "nova")
-    report = run_steps([step], ctx)
-    assert f"switch {old} to write-ahead logging" in report.results[0].changes
-    for db in ("nova_api", "nova", "nova_cell0"):
-        conn = sqlite3.connect(site.sqlite_dir / f"{db}.sqlite")
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        conn.close()
-    assert run_steps([step], ctx).results[0].status is Status.OK
-
-
 def test_sqlite_dry_run_plans_and_writes_nothing(site: Site) -> None:
     report = run_steps(database_steps(site), RunContext(dry_run=True))
     assert report.results[0].status is Status.PLANNED
