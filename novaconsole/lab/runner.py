@@ -86,6 +86,7 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
         *lab.neutron_steps(config, site, venvs["neutron"], supervisor),
         lab.TestImageStep(),
         lab.TestFlavorStep(),
+        lab.ComputeServicesUpStep(),
     ]
     theirs: list[Step[Any]] = []
     for role in ("controller", "compute"):

@@ -871,6 +871,38 @@ class TestFlavorStep(Step[bool]):
         _conn(ctx).compute.create_flavor(name=TEST_FLAVOR, ram=64, vcpus=1, disk=1, is_public=True)
 
 
+class ComputeServicesUpStep(Step[list[str]]):
+    """Every nova service reports up before `lab up` says the lab is up.
+
+    A nova-compute that was just (re)started keeps its old heartbeat until its first
+    report (report_interval 10 s), so a lab that says "up" could still show it down.
+    """
+
+    name = "lab.compute-services-up"
+    phase = "finish"
+    description = "every Nova service reports up"
+    timeout = 120.0
+
+    def check(self, ctx: RunContext) -> list[str]:
+        services = list(_conn(ctx).compute.services())
+        if not services:
+            return ["(no Nova service registered yet)"]
+        return [f"{s.binary}@{s.host}" for s in services if s.state != "up"]
+
+    def plan(self, ctx: RunContext, observed: list[str]) -> list[str]:
+        return [f"wait for {name} to report up" for name in observed]
+
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        deadline = time.monotonic() + self.timeout
+        while down := self.check(ctx):
+            if time.monotonic() > deadline:
+                raise StepFailed(
+                    f"{', '.join(down)} still down after {self.timeout:.0f} s",
+                    hint="see the service's log under the lab's services/logs",
+                )
+            time.sleep(2)
+
+
 def _conn(ctx: RunContext) -> Any:
     conn = ctx.cache.get("lab-cloud")
     if conn is None:
