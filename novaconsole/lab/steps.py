@@ -128,12 +128,7 @@ class RabbitStep(Step[dict[str, bool]]):
     def check(self, ctx: RunContext) -> dict[str, bool]:
         up = port_owner(self.config.rabbit_host, self.config.rabbit_port)
         if not up or not shutil.which("rabbitmqctl"):
-            return {
-                "up": up,
-                "ctl": bool(shutil.which("rabbitmqctl")),
-                "auth": False,
-                "perms": False,
-            }
+            return {"up": up, "auth": False, "perms": False}
         # The password travels on stdin, never on the command line.
         auth = self._ctl("authenticate_user", RABBIT_USER, input_text=self.password).returncode == 0
         perms = False
@@ -142,7 +137,7 @@ class RabbitStep(Step[dict[str, bool]]):
             perms = any(
                 line.split("\t")[:4] == ["/", ".*", ".*", ".*"] for line in listing.splitlines()
             )
-        return {"up": True, "ctl": True, "auth": auth, "perms": perms}
+        return {"up": True, "auth": auth, "perms": perms}
 
     def plan(self, ctx: RunContext, observed: dict[str, bool]) -> list[str]:
         changes = []
@@ -199,27 +194,6 @@ class RabbitStep(Step[dict[str, bool]]):
         proc = self._ctl("set_permissions", "-p", "/", RABBIT_USER, ".*", ".*", ".*")
         if proc.returncode != 0:
             raise StepFailed(f"rabbitmqctl could not grant permissions to {RABBIT_USER} on {where}")
-
-
-def amqp_login_ok(host: str, port: int, password: str, user: str = RABBIT_USER) -> bool:
-    """True when ``user`` can open a connection to vhost ``/`` on the broker."""
-    import pika
-    import pika.exceptions
-
-    params = pika.ConnectionParameters(
-        host=host,
-        port=port,
-        virtual_host="/",
-        credentials=pika.PlainCredentials(user, password),
-        connection_attempts=1,
-        socket_timeout=5,
-        blocked_connection_timeout=5,
-    )
-    try:
-        pika.BlockingConnection(params).close()
-    except pika.exceptions.AMQPError:
-        return False
-    return True
 
 
 class NoVNCStep(Step[bool]):
