@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from novaconsole.cli import main
+from novaconsole.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

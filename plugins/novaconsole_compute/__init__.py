@@ -11,35 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from novaconsole.errors import NovaconsoleError
 from novaconsole.hookspecs import hookimpl
-from novaconsole_compute.compute_service import NovaComputeStep
-from novaconsole_compute.discover import DiscoverHostsStep
-from novaconsole_compute.facts import ComputeFacts, host_facts
-from novaconsole_compute.libvirtd import LibvirtdStep, stop_guests
-from novaconsole_compute.novaconf import ComputeConfStep, compute_options
-from novaconsole_compute.prepare import HostFactsStep
 
 if TYPE_CHECKING:
     from novaconsole.site import Site
     from novaconsole.steps import Step
+    from novaconsole_compute.facts import ComputeFacts
 
-__all__ = [
-    "ComputeConfStep",
-    "ComputeFacts",
-    "DiscoverHostsStep",
-    "HostFactsStep",
-    "LibvirtdStep",
-    "NovaComputeStep",
-    "compute_options",
-    "compute_steps",
-    "host_facts",
-    "stop_guests",
-]
+# The step modules load on first use, not with the plugin: every novaconsole command
+# registers this plugin, and most (verify, the console) never provision anything.
 
 
 def compute_steps(site: Site) -> list[Step[Any]]:
     """The compute node's steps for ``site``, in order."""
+    from novaconsole_compute.compute_service import NovaComputeStep
+    from novaconsole_compute.discover import DiscoverHostsStep
+    from novaconsole_compute.libvirtd import LibvirtdStep
+    from novaconsole_compute.novaconf import ComputeConfStep
+    from novaconsole_compute.prepare import HostFactsStep
+
     return [
         HostFactsStep(site),
         ComputeConfStep(site),
@@ -59,7 +49,16 @@ def novaconsole_provision_steps(role: str, site: Site) -> Sequence[Step[Any]]:
 @hookimpl(optionalhook=True)
 def novaconsole_host_facts(site: Site) -> dict[str, str]:
     """The compute driver and virt_type chosen for this host, and why."""
+    from novaconsole.errors import NovaconsoleError
+
     try:
         return host_facts(site).as_dict()
     except NovaconsoleError as exc:
         return {"driver": "error", "driver_reason": exc.one_line()}
+
+
+def host_facts(site: Site) -> ComputeFacts:
+    """The driver and virt_type decisions for ``site`` (see :mod:`novaconsole_compute.facts`)."""
+    from novaconsole_compute.facts import host_facts as probe
+
+    return probe(site)

@@ -102,3 +102,25 @@ def test_unknown_cloud_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "no-such-cloud-here" in err
     assert err.count("\n") == 1
+
+
+def test_console_script_exits_with_mains_code_and_runs_finalisers() -> None:
+    """`novaconsole` (cli.run) freezes objects before exit; output and atexit still happen."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "from novaconsole.cli import run\n"
+        "sys.argv = ['novaconsole', 'plugins', '-f', 'json']\n"
+        "code = run()\n"
+        "import gc; assert gc.get_freeze_count() > 0\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "compute-agent" in json.loads(proc.stdout)["modes"]
+    assert "atexit ran" in proc.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "novaconsole", "no-such-command"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1
