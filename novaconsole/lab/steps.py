@@ -867,14 +867,26 @@ class ComputeServicesUpStep(Step[list[str]]):
         return [f"wait for {name} to report up" for name in observed]
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        from keystoneauth1 import exceptions as ka
+
         deadline = time.monotonic() + self.timeout
-        while down := self.check(ctx):
+        while True:
+            try:
+                down = self.check(ctx)
+            except ka.ConnectFailure as exc:
+                # A just-started nova-api, or a keep-alive connection the server closed
+                # just as this poll reused it (gunicorn keeps idle ones 2 s): ask again.
+                if time.monotonic() > deadline:
+                    raise StepFailed(f"nova-api does not answer: {exc}") from None
+                down = ["nova-api"]
+            if not down:
+                return
             if time.monotonic() > deadline:
                 raise StepFailed(
                     f"{', '.join(down)} still down after {self.timeout:.0f} s",
                     hint="see the service's log under the lab's services/logs",
                 )
-            time.sleep(2)
+            time.sleep(1.5)
 
 
 def _conn(ctx: RunContext) -> Any:

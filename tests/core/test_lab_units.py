@@ -201,3 +201,35 @@ def test_novnc_files_unpack_from_debians_package(
     assert report.results[0].status is Status.CHANGED, report.results[0].error
     assert (tmp_path / "data" / "novnc" / "vnc_lite.html").is_file()
     assert run_steps([step], RunContext()).results[0].status is Status.OK
+
+
+class _FakeComputeAPI:
+    """A fake nova-api for determinism: one dropped connection, then a service going up."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def services(self) -> list[object]:
+        from types import SimpleNamespace
+
+        from keystoneauth1 import exceptions as ka
+
+        self.calls += 1
+        if self.calls == 1:
+            raise ka.ConnectFailure("Connection aborted: RemoteDisconnected")
+        state = "down" if self.calls == 2 else "up"
+        return [SimpleNamespace(binary="nova-compute", host="vm", state=state)]
+
+
+def test_services_up_wait_rides_out_a_dropped_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from novaconsole.lab import steps as lab_steps
+
+    monkeypatch.setattr("novaconsole.lab.steps.time.sleep", lambda _s: None)
+    api = _FakeComputeAPI()
+    ctx = RunContext()
+    ctx.cache["lab-cloud"] = SimpleNamespace(compute=api)
+    step = lab_steps.ComputeServicesUpStep()
+    step.apply(ctx, ["wait for nova-compute@vm to report up"])
+    assert api.calls == 3
