@@ -1,11 +1,17 @@
-"""Keeping services running: supervisord (from PyPI) where systemd does not run.
+"""Keeping services running: systemd units where systemd runs, supervisord elsewhere.
 
-A :class:`ServiceSpec` says how to run one service; :class:`Supervisor` writes a
-supervisord configuration for a set of them (one log file per service), starts
-supervisord if needed and applies changes with ``reread``/``update`` so that re-running
-restarts only what changed. Stopping sends each program its stop signal and SIGKILL
-after a grace period (nova-compute with libvirt ignores SIGTERM), then checks by pid
-that nothing is left.
+A :class:`ServiceSpec` says how to run one service. A :class:`ServiceKeeper` installs a set
+of them (one log file per service), starts them, restarts those whose definition changed,
+reports their state and stops them all, checking by pid that nothing is left:
+
+* :class:`SystemdUnits` writes one ``PREFIX-NAME.service`` unit per service (enabled, so
+  they come back after a reboot; ``Restart=on-failure``; output appended to the service's
+  log file) and drives them with ``systemctl``.
+* :class:`Supervisor` runs a supervisord (from PyPI) of its own where systemd is not PID 1
+  (containers, CI machines, this lab's sandboxes): a program file per service, applied with
+  ``reread``/``update``.
+
+:func:`keeper_for_site` picks one (``service_manager`` = auto, systemd or supervisord).
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ import re
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from novaconsole.errors import NovaconsoleError
+from novaconsole.errors import ConfigError, NovaconsoleError
 from novaconsole.fileutil import atomic_write
+
+if TYPE_CHECKING:
+    from novaconsole.site import Site
+
+
+#: Seconds a service must stay up before it counts as RUNNING (supervisord's startsecs).
+START_SECONDS = 3
 
 
 @dataclass(frozen=True)
@@ -43,11 +58,75 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class ServiceState:
-    """What supervisord says of one program."""
+    """What the keeper says of one service (supervisord's vocabulary for both keepers)."""
 
     name: str
     state: str  # RUNNING, STARTING, BACKOFF, FATAL, STOPPED, EXITED, ...
     pid: int | None
+
+
+class ServiceKeeper(ABC):
+    """What every service keeper offers (see the module docstring)."""
+
+    #: "systemd" or "supervisord".
+    kind: str
+    #: How one of its services is called in plans ("systemd unit", "supervisord program").
+    noun: str
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+
+    @abstractmethod
+    def pending(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        """Names of services whose installed definition differs from ``specs`` (or is missing)."""
+
+    @abstractmethod
+    def install(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        """Write each service's definition; return the names whose definition changed."""
+
+    @abstractmethod
+    def is_installed(self, name: str) -> bool:
+        """Whether this keeper holds a definition for service ``name``."""
+
+    @abstractmethod
+    def apply(self, restart: Iterable[str] = ()) -> None:
+        """Start every installed service that is not running; restart changed ones and
+        those named in ``restart``."""
+
+    @abstractmethod
+    def status(self) -> dict[str, ServiceState]:
+        """Every installed service's state and main pid."""
+
+    @abstractmethod
+    def stop_all(self, timeout: float = 60.0) -> list[int]:
+        """Stop every service (and the keeper's own daemon); return pids still alive."""
+
+    def manager_pid(self) -> int | None:
+        """The pid of a daemon of our own that keeps the services (supervisord), if any."""
+        return None
+
+    def describe(self) -> str:
+        """Where the services are kept, for people."""
+        return f"{self.kind} ({self.state_dir})"
+
+    def wait_running(self, names: Iterable[str], timeout: float) -> dict[str, ServiceState]:
+        """Wait until every named service is RUNNING; raise naming the first that is not."""
+        wanted = list(names)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.status()
+            bad = [n for n in wanted if states.get(n) is None or states[n].state != "RUNNING"]
+            if not bad:
+                return states
+            fatal = [n for n in bad if n in states and states[n].state in ("FATAL", "EXITED")]
+            if fatal or time.monotonic() > deadline:
+                name = (fatal or bad)[0]
+                state = states[name].state if name in states else "missing"
+                raise NovaconsoleError(
+                    f"service {name} is {state}, not RUNNING; see {self.log_dir / (name + '.log')}"
+                )
+            time.sleep(0.5)
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -71,7 +150,7 @@ def render_program(spec: ServiceSpec, log_dir: Path) -> str:
         f"command={command}",
         "autostart=true",
         "autorestart=true",
-        "startsecs=3",
+        f"startsecs={START_SECONDS}",
         "startretries=3",
         f"stopsignal={spec.stop_signal}",
         f"stopwaitsecs={spec.stop_wait}",
@@ -90,16 +169,18 @@ def render_program(spec: ServiceSpec, log_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Supervisor:
+class Supervisor(ServiceKeeper):
     """A supervisord instance that owns a set of services under ``state_dir``."""
 
+    kind = "supervisord"
+    noun = "supervisord program"
+
     def __init__(self, state_dir: Path, bin_dir: Path) -> None:
-        self.state_dir = state_dir
+        super().__init__(state_dir)
         self.bin_dir = bin_dir
         self.conf = state_dir / "supervisord.conf"
         self.socket = state_dir / "supervisor.sock"
         self.pidfile = state_dir / "supervisord.pid"
-        self.log_dir = state_dir / "logs"
 
     # -- configuration ---------------------------------------------------------------
 
@@ -141,6 +222,9 @@ class Supervisor:
                 changed.append(spec.name)
         return changed
 
+    def is_installed(self, name: str) -> bool:
+        return (self.programs_dir / f"{name}.conf").exists()
+
     def install(self, specs: Iterable[ServiceSpec]) -> list[str]:
         """Write the main configuration and each program's file; return changed programs."""
         specs = list(specs)
@@ -164,6 +248,9 @@ class Supervisor:
         return changed
 
     # -- control ---------------------------------------------------------------------
+
+    def manager_pid(self) -> int | None:
+        return self.daemon_pid()
 
     def daemon_pid(self) -> int | None:
         """supervisord's pid if it is alive."""
@@ -239,24 +326,6 @@ class Supervisor:
                 states[m["name"]] = ServiceState(m["name"], m["state"], pid)
         return states
 
-    def wait_running(self, names: Iterable[str], timeout: float) -> dict[str, ServiceState]:
-        """Wait until every named program is RUNNING; raise naming the first that is not."""
-        wanted = list(names)
-        deadline = time.monotonic() + timeout
-        while True:
-            states = self.status()
-            bad = [n for n in wanted if states.get(n) is None or states[n].state != "RUNNING"]
-            if not bad:
-                return states
-            fatal = [n for n in bad if n in states and states[n].state in ("FATAL", "EXITED")]
-            if fatal or time.monotonic() > deadline:
-                name = (fatal or bad)[0]
-                state = states[name].state if name in states else "missing"
-                raise NovaconsoleError(
-                    f"service {name} is {state}, not RUNNING; see {self.log_dir / (name + '.log')}"
-                )
-            time.sleep(0.5)
-
     def stop_all(self, timeout: float = 60.0) -> list[int]:
         """Stop every program and supervisord; SIGKILL leftovers. Returns pids still alive."""
         pids = [s.pid for s in self.status().values() if s.pid]
@@ -276,6 +345,344 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
         return [p for p in alive if _alive(p)]
+
+
+#: Marks our unit files, and which state directory (which lab or site) each belongs to.
+STATE_MARKER = "X-NovaconsoleStateDir"
+
+#: systemd (ActiveState, SubState) → the keeper's common vocabulary.
+_SYSTEMD_STATES = {
+    ("active", "running"): "RUNNING",
+    ("active", "exited"): "EXITED",
+    ("activating", "auto-restart"): "BACKOFF",
+    ("activating", "start"): "STARTING",
+    ("activating", "start-pre"): "STARTING",
+    ("deactivating", "stop"): "STOPPING",
+    ("deactivating", "stop-sigterm"): "STOPPING",
+    ("deactivating", "stop-sigkill"): "STOPPING",
+}
+
+
+def systemd_booted(run_dir: Path = Path("/run/systemd/system")) -> bool:
+    """Whether systemd is this machine's init (``sd_booted()``: its runtime unit dir exists)."""
+    return run_dir.is_dir()
+
+
+def _systemd_word(value: str) -> str:
+    """One ExecStart= word: ``%`` specifiers and ``$`` variables escaped, quoted if needed."""
+    escaped = value.replace("%", "%%").replace("$", "$$")
+    if escaped and not re.search(r"[\s\"'\\;]", escaped):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _systemd_env(key: str, value: str) -> str:
+    """One ``Environment=`` assignment (specifiers escaped; no ``$`` expansion there)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise NovaconsoleError(f"invalid environment variable name {key!r}")
+    text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+    return f'Environment="{text}"'
+
+
+def render_unit(spec: ServiceSpec, log_dir: Path, state_dir: Path) -> str:
+    """The ``.service`` unit for one service."""
+    if not _NAME.match(spec.name):
+        raise NovaconsoleError(f"invalid service name {spec.name!r}")
+    log = log_dir / f"{spec.name}.log"
+    if re.search(r"[\s%]", str(log)) or re.search(r"[\s%]", str(state_dir)):
+        raise ConfigError(
+            f"{state_dir}: systemd cannot append output to a path with spaces or %",
+            hint="choose a services directory without them",
+        )
+    lines = [
+        "# Written by novaconsole; the next run overwrites changes (edit the site file,",
+        "# or add a drop-in under the .service.d directory instead).",
+        "[Unit]",
+        f"Description=novaconsole: {spec.name}",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "StartLimitIntervalSec=60",
+        "StartLimitBurst=5",
+        f"{STATE_MARKER}={state_dir}",
+        "",
+        "[Service]",
+        "Type=exec",
+        "ExecStart=" + " ".join(_systemd_word(a) for a in spec.argv),
+    ]
+    lines += [_systemd_env(k, v) for k, v in sorted(spec.env.items())]
+    if spec.directory:
+        lines.append(f"WorkingDirectory={_systemd_word(spec.directory)}")
+    lines += [
+        "Restart=on-failure",
+        "RestartSec=2",
+        f"KillSignal=SIG{spec.stop_signal}",
+        f"TimeoutStopSec={spec.stop_wait}",
+        f"StandardOutput=append:{log}",
+        "StandardError=inherit",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class SystemdUnits(ServiceKeeper):
+    """Services as systemd units ``PREFIX-NAME.service`` in ``unit_dir``, driven by systemctl.
+
+    The units of one state directory are ours (the marker line in each file says whose),
+    so several owners (controller, compute, the lab) share one keeper, and a unit of
+    another state directory with the same name is refused rather than taken over.
+    """
+
+    kind = "systemd"
+    noun = "systemd unit"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        unit_dir: Path = Path("/etc/systemd/system"),
+        prefix: str = "novaconsole-",
+        systemctl: str = "systemctl",
+    ) -> None:
+        super().__init__(state_dir)
+        self.unit_dir = unit_dir
+        self.prefix = prefix
+        self.systemctl = systemctl
+
+    def unit(self, name: str) -> str:
+        return f"{self.prefix}{name}.service"
+
+    def unit_path(self, name: str) -> Path:
+        return self.unit_dir / self.unit(name)
+
+    def describe(self) -> str:
+        return f"systemd units {self.prefix}*.service in {self.unit_dir}"
+
+    # -- configuration ---------------------------------------------------------------
+
+    def _owner(self, path: Path) -> str | None:
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        for line in text.splitlines():
+            if line.startswith(STATE_MARKER + "="):
+                return line.split("=", 1)[1]
+        return ""
+
+    def names(self) -> list[str]:
+        """Our installed services (unit files of this state directory)."""
+        found = []
+        for path in sorted(self.unit_dir.glob(f"{self.prefix}*.service")):
+            if self._owner(path) == str(self.state_dir):
+                found.append(path.name[len(self.prefix) : -len(".service")])
+        return found
+
+    def is_installed(self, name: str) -> bool:
+        return self._owner(self.unit_path(name)) == str(self.state_dir)
+
+    def pending(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        changed = []
+        for spec in specs:
+            try:
+                current: str | None = self.unit_path(spec.name).read_text()
+            except (FileNotFoundError, NotADirectoryError):
+                current = None
+            if current != render_unit(spec, self.log_dir, self.state_dir):
+                changed.append(spec.name)
+        return changed
+
+    def install(self, specs: Iterable[ServiceSpec]) -> list[str]:
+        specs = list(specs)
+        for spec in specs:
+            owner = self._owner(self.unit_path(spec.name))
+            if owner is not None and owner != str(self.state_dir):
+                whose = f"the state directory {owner}" if owner else "someone else"
+                raise ConfigError(
+                    f"{self.unit_path(spec.name)} belongs to {whose}, not {self.state_dir}",
+                    hint="stop that deployment first, or set systemd_unit_prefix",
+                )
+        changed = self.pending(specs)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.unit_dir.mkdir(parents=True, exist_ok=True)
+            for spec in specs:
+                if spec.name in changed:
+                    text = render_unit(spec, self.log_dir, self.state_dir)
+                    atomic_write(self.unit_path(spec.name), text, mode=0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write systemd units in {self.unit_dir}: {exc.strerror}",
+                hint="run as root, or set systemd_unit_dir / service_manager",
+            ) from exc
+        return changed
+
+    # -- control ---------------------------------------------------------------------
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        try:
+            proc = subprocess.run(
+                [self.systemctl, *args], capture_output=True, text=True, check=False, timeout=300
+            )
+        except FileNotFoundError:
+            raise ConfigError(f"{self.systemctl} not found (service_manager systemd)") from None
+        if check and proc.returncode != 0:
+            raise NovaconsoleError(
+                f"systemctl {' '.join(args)} failed (exit {proc.returncode}): "
+                f"{' '.join((proc.stdout + proc.stderr).split())[:200]}"
+            )
+        return proc.stdout
+
+    def show(self, names: Iterable[str], *props: str) -> dict[str, dict[str, str]]:
+        """``systemctl show`` properties of our services, by service name."""
+        names = list(names)
+        if not names:
+            return {}
+        out = self.ctl(
+            "show", "--property=" + ",".join(("Id", *props)), *(self.unit(n) for n in names)
+        )
+        blocks: dict[str, dict[str, str]] = {}
+        for block in out.strip().split("\n\n"):
+            values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            unit = values.get("Id", "")
+            if unit.startswith(self.prefix) and unit.endswith(".service"):
+                blocks[unit[len(self.prefix) : -len(".service")]] = values
+        return blocks
+
+    def apply(self, restart: Iterable[str] = ()) -> None:
+        names = self.names()
+        if not names:
+            return
+        props = self.show(names, "NeedDaemonReload", "UnitFileState", "ActiveState")
+        changed = [n for n in names if props.get(n, {}).get("NeedDaemonReload") == "yes"]
+        if changed:
+            self.ctl("daemon-reload")
+        disabled = [n for n in names if props.get(n, {}).get("UnitFileState") != "enabled"]
+        if disabled:
+            self.ctl("enable", "--quiet", *(self.unit(n) for n in disabled))
+        failed = [n for n in names if props.get(n, {}).get("ActiveState") == "failed"]
+        if failed:
+            self.ctl("reset-failed", *(self.unit(n) for n in failed))
+        wanted = set(restart) & set(names)
+        active = {n for n in names if props.get(n, {}).get("ActiveState") == "active"}
+        again = sorted((set(changed) & active) | (wanted & active))
+        if again:
+            self.ctl("restart", *(self.unit(n) for n in again))
+        self.ctl("start", *(self.unit(n) for n in names))
+
+    def status(self) -> dict[str, ServiceState]:
+        names = self.names()
+        states = {}
+        shown = self.show(
+            names, "ActiveState", "SubState", "MainPID", "ActiveEnterTimestampMonotonic"
+        )
+        now_us = time.monotonic() * 1e6  # CLOCK_MONOTONIC, the clock systemd stamps with
+        for name, props in shown.items():
+            active, sub = props.get("ActiveState", ""), props.get("SubState", "")
+            if active == "failed":
+                state = "FATAL"
+            elif active == "inactive":
+                state = "STOPPED"
+            else:
+                state = _SYSTEMD_STATES.get((active, sub), active.upper() or "UNKNOWN")
+            entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+            if state == "RUNNING" and now_us - entered < START_SECONDS * 1e6:
+                # Type=exec is "running" once exec() succeeded; like supervisord's
+                # startsecs, only a process that stays up a while counts as started.
+                state = "STARTING"
+            pid = int(props.get("MainPID") or 0) or None
+            states[name] = ServiceState(name, state, pid)
+        return states
+
+    def _cgroup_pids(self, names: list[str]) -> list[int]:
+        """Every process in our units' control groups (children such as workers included)."""
+        pids: list[int] = []
+        for props in self.show(names, "ControlGroup", "MainPID").values():
+            group = props.get("ControlGroup", "")
+            main = int(props.get("MainPID") or 0)
+            if main:
+                pids.append(main)
+            if not group:
+                continue
+            for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup"):
+                procs = Path(root + group) / "cgroup.procs"
+                try:
+                    pids += [int(x) for x in procs.read_text().split()]
+                    break
+                except (OSError, ValueError):
+                    continue
+        return sorted(set(pids))
+
+    def stop_all(self, timeout: float = 60.0) -> list[int]:
+        """Stop, disable and remove our units: systemd is left as it was before ``install``."""
+        names = self.names()
+        if not names:
+            return []
+        pids = self._cgroup_pids(names)
+        units = [self.unit(n) for n in names]
+        self.ctl("stop", *units, check=False)
+        self.ctl("disable", "--quiet", *units, check=False)
+        for name in names:
+            self.unit_path(name).unlink(missing_ok=True)
+        self.ctl("daemon-reload", check=False)
+        self.ctl("reset-failed", *units, check=False)
+        deadline = time.monotonic() + timeout
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if _alive(p)]
+            if alive:
+                time.sleep(0.2)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        return [p for p in alive if _alive(p)]
+
+
+def choose_service_manager(wanted: str, state_dir: Path, *, booted: bool | None = None) -> str:
+    """``systemd`` or ``supervisord`` for ``wanted`` (auto, systemd, supervisord).
+
+    auto keeps a supervisord setup that ``state_dir`` already holds (switching keepers under
+    running services would start a second copy of each), else takes systemd where it runs.
+    """
+    is_booted = systemd_booted() if booted is None else booted
+    if wanted == "systemd":
+        if not is_booted:
+            raise ConfigError(
+                "service_manager is systemd, but systemd is not running on this machine "
+                "(no /run/systemd/system)",
+                hint="use service_manager = auto or supervisord",
+            )
+        return "systemd"
+    if wanted == "supervisord":
+        return "supervisord"
+    if wanted != "auto":
+        raise ConfigError(f"unknown service manager {wanted!r} (auto, systemd or supervisord)")
+    if (state_dir / "supervisord.conf").exists():
+        return "supervisord"
+    return "systemd" if is_booted else "supervisord"
+
+
+def keeper_for_site(site: Site) -> ServiceKeeper:
+    """The service keeper every plugin shares for ``site`` (``site.services_dir``)."""
+    import shutil
+
+    manager = choose_service_manager(site.service_manager, site.services_dir)
+    if manager == "systemd":
+        return SystemdUnits(
+            site.services_dir, unit_dir=site.systemd_unit_dir, prefix=site.systemd_unit_prefix
+        )
+    bin_dir = site.supervisor_bin_dir or site.nova_bin_dir
+    if bin_dir is None:
+        found = shutil.which("supervisord")
+        if found is None:
+            raise ConfigError(
+                f"supervisord not found: set supervisor_bin_dir in {site.source}",
+                hint="pip install supervisor",
+            )
+        bin_dir = Path(found).parent
+    return Supervisor(site.services_dir, bin_dir)
 
 
 WSGI_SHIM = """\

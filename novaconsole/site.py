@@ -17,6 +17,9 @@ from typing import Any
 
 from novaconsole.errors import ConfigError
 
+#: Values of ``service_manager``.
+SERVICE_MANAGERS = ("auto", "systemd", "supervisord")
+
 #: Secret names (the guide's placeholders) that a site may need.
 SECRET_NAMES = (
     "ADMIN_PASS",
@@ -105,8 +108,15 @@ class Site:
     #: Services besides Nova that provisioning sets up databases and identities for
     #: (the guide's own chapters for them; the lab uses keystone, glance, placement, neutron).
     extra_services: list[str] = field(default_factory=list)
-    #: Where the service keeper (supervisord) keeps its configuration, sockets and logs.
+    #: Where the service keeper keeps its state and one log file per service.
     services_dir: Path = field(default_factory=lambda: Path("/var/lib/novaconsole/services"))
+    #: Who keeps the services running: ``systemd`` units, ``supervisord``, or ``auto``
+    #: (systemd where it is PID 1, supervisord otherwise; a services_dir that already
+    #: holds a supervisord setup keeps it).
+    service_manager: str = "auto"
+    #: Where systemd units are written, and the prefix of their names.
+    systemd_unit_dir: Path = field(default_factory=lambda: Path("/etc/systemd/system"))
+    systemd_unit_prefix: str = "novaconsole-"
     #: Directory with ``supervisord``/``supervisorctl`` (``None``: next to ``nova_bin_dir``).
     supervisor_bin_dir: Path | None = None
     #: Extra nova.conf options by section; the guide's old names are accepted and translated.
@@ -161,6 +171,9 @@ _SCALARS: dict[str, type] = {
     "discover_timeout": int,
     "os_cloud": str,
     "services_dir": Path,
+    "service_manager": str,
+    "systemd_unit_dir": Path,
+    "systemd_unit_prefix": str,
     "supervisor_bin_dir": Path,
 }
 
@@ -204,6 +217,16 @@ def site_from_mapping(
         raise ConfigError(f"{source}: virt_type must be auto, kvm or qemu, not {site.virt_type!r}")
     if site.compute_driver not in ("auto", "libvirt", "fake"):
         raise ConfigError(f"{source}: compute_driver must be auto, libvirt or fake")
+    if site.service_manager not in SERVICE_MANAGERS:
+        raise ConfigError(
+            f"{source}: service_manager must be one of {', '.join(SERVICE_MANAGERS)}, "
+            f"not {site.service_manager!r}"
+        )
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", site.systemd_unit_prefix):
+        raise ConfigError(
+            f"{source}: systemd_unit_prefix {site.systemd_unit_prefix!r} is not a valid "
+            "unit name prefix (lower-case letters, digits, - and _)"
+        )
     env = os.environ if environ is None else environ
     site.secrets = {name: env[name] for name in SECRET_NAMES if env.get(name)}
     return site

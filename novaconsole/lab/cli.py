@@ -40,6 +40,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     parse_port_overrides(args.port or [], config)
     if args.db is not None:
         config.db_url = None if args.db == "sqlite" else checked_db_url(args.db)
+    if args.service_manager is not None:
+        config.service_manager = args.service_manager
     reporter = LineReporter(verbose=not args.quiet)
     started = time.monotonic()
     what = "planning" if args.dry_run else "bringing up"
@@ -66,7 +68,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         emit_json(status)
     else:
         print(
-            f"lab in {status['state_dir']}: {'up' if status['up'] else 'DOWN'} (database: {status['database']})"
+            f"lab in {status['state_dir']}: {'up' if status['up'] else 'DOWN'} "
+            f"(database: {status['database']}; services: {status['services_kept_by']})"
         )
         if status["services"]:
             print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
@@ -107,4 +110,10 @@ def add_lab_command(sub: Any) -> None:
                 "--db", metavar="URL", help="database server admin URL (default: sqlite)"
             )
             a.add_argument("--port", action="append", metavar="NAME=PORT", help="override a port")
+            a.add_argument(
+                "--service-manager",
+                choices=("auto", "systemd", "supervisord"),
+                help="who keeps the services running (default auto: systemd where it is "
+                "PID 1, else supervisord; remembered for the lab)",
+            )
             a.add_argument("-q", "--quiet", action="store_true", help="no per-change lines")

@@ -40,6 +40,8 @@ class LabConfig:
     rabbit_host: str = "127.0.0.1"
     rabbit_port: int = 5672
     region: str = "RegionOne"
+    #: auto, systemd or supervisord (see :func:`novaconsole.services.choose_service_manager`).
+    service_manager: str = "auto"
 
     @property
     def venvs_dir(self) -> Path:
@@ -94,7 +96,12 @@ class LabConfig:
 
     def save(self) -> None:
         """Remember ports and database choice so ``status``/``down`` find the same lab."""
-        data = {"ports": self.ports, "db_url": self.db_url, "host": self.host}
+        data = {
+            "ports": self.ports,
+            "db_url": self.db_url,
+            "host": self.host,
+            "service_manager": self.service_manager,
+        }
         atomic_write(self.settings_file, json.dumps(data, indent=2) + "\n", mode=0o600)
 
     @classmethod
@@ -110,6 +117,7 @@ class LabConfig:
         config.ports.update({k: int(v) for k, v in data.get("ports", {}).items()})
         config.db_url = data.get("db_url")
         config.host = data.get("host", config.host)
+        config.service_manager = data.get("service_manager", config.service_manager)
         return config
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from novaconsole.errors import NovaconsoleError, StepFailed
 from novaconsole.fileutil import atomic_write
 from novaconsole.redact import scrub_secrets
-from novaconsole.services import ServiceSpec, Supervisor, port_owner
+from novaconsole.services import ServiceKeeper, ServiceSpec, port_owner
 from novaconsole.steps import RunContext, Step
 
 
@@ -157,12 +157,12 @@ def http_health(url: str, timeout: float = 3.0) -> str | None:
 
 
 class ServicesStep(Step[dict[str, object]]):
-    """Services kept running by the supervisor; restarted when their config files change."""
+    """Services kept running by the service keeper; restarted when their config files change."""
 
     def __init__(
         self,
         name: str,
-        supervisor: Supervisor,
+        keeper: ServiceKeeper,
         specs: Sequence[ServiceSpec],
         *,
         watched: Mapping[str, Sequence[Path]] | None = None,
@@ -171,7 +171,7 @@ class ServicesStep(Step[dict[str, object]]):
         start_timeout: float = 90.0,
     ) -> None:
         self.name = name
-        self.supervisor = supervisor
+        self.keeper = keeper
         self.specs = list(specs)
         self.watched = {k: list(v) for k, v in (watched or {}).items()}
         self.health = dict(health or {})
@@ -181,7 +181,7 @@ class ServicesStep(Step[dict[str, object]]):
 
     @property
     def _hash_file(self) -> Path:
-        return self.supervisor.state_dir / "config-hashes.json"
+        return self.keeper.state_dir / "config-hashes.json"
 
     def _hashes(self) -> dict[str, str]:
         out = {}
@@ -203,9 +203,9 @@ class ServicesStep(Step[dict[str, object]]):
         return {str(k): str(v) for k, v in data.items()}
 
     def check(self, ctx: RunContext) -> dict[str, object]:
-        status = self.supervisor.status()
+        status = self.keeper.status()
         return {
-            "pending": self.supervisor.pending(self.specs),
+            "pending": self.keeper.pending(self.specs),
             "running": {n for n, s in status.items() if s.state == "RUNNING"},
             "hashes": self._hashes(),
             "recorded": self._recorded(),
@@ -231,7 +231,7 @@ class ServicesStep(Step[dict[str, object]]):
         return changes
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
-        status = self.supervisor.status()
+        status = self.keeper.status()
         for spec in self.specs:
             running = spec.name in status and status[spec.name].pid is not None
             if spec.port and not running and port_owner("127.0.0.1", spec.port):
@@ -239,10 +239,10 @@ class ServicesStep(Step[dict[str, object]]):
                     f"port {spec.port} on 127.0.0.1 is already taken; {spec.name} cannot listen there",
                     hint="stop what holds it or choose another port (lab up --port NAME=PORT)",
                 )
-        self.supervisor.install(self.specs)
+        self.keeper.install(self.specs)
         restart = [c.split()[1] for c in changes if c.startswith(("restart ", "start "))]
-        self.supervisor.apply(restart=restart)
-        self.supervisor.wait_running([s.name for s in self.specs], timeout=self.start_timeout)
+        self.keeper.apply(restart=restart)
+        self.keeper.wait_running([s.name for s in self.specs], timeout=self.start_timeout)
         self.wait_healthy()
         recorded = self._recorded()
         recorded.update(self._hashes())
@@ -257,9 +257,9 @@ class ServicesStep(Step[dict[str, object]]):
                 problem = http_health(url)
                 if problem is None:
                     break
-                state = self.supervisor.status().get(service)
+                state = self.keeper.status().get(service)
                 if time.monotonic() > deadline or (state and state.state in ("FATAL", "EXITED")):
-                    log = self.supervisor.log_dir / f"{service}.log"
+                    log = self.keeper.log_dir / f"{service}.log"
                     raise StepFailed(f"{service} does not answer at {url} ({problem}); see {log}")
                 time.sleep(0.5)
 

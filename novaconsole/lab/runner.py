@@ -16,11 +16,16 @@ from novaconsole.lab.config import RABBIT_USER, LabConfig, load_or_create_secret
 from novaconsole.lab.generic import http_health
 from novaconsole.lab.venvs import lab_venvs
 from novaconsole.plugins import PluginManager
-from novaconsole.services import Supervisor
+from novaconsole.services import (
+    ServiceKeeper,
+    Supervisor,
+    SystemdUnits,
+    choose_service_manager,
+)
 from novaconsole.site import Site
 from novaconsole.steps import Reporter, RunContext, RunReport, Step, order_by_phase, run_steps
 
-#: Health URL of each API service, by supervisor program name.
+#: Health URL of each API service, by service name.
 HEALTH_PATHS = {
     "keystone": ("keystone", "/v3"),
     "glance-api": ("glance", "/healthcheck"),
@@ -58,6 +63,8 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         os_cloud="novaconsole-lab",
         extra_services=["keystone", "glance", "placement", "neutron"],
         services_dir=config.services_dir,
+        service_manager=config.service_manager,
+        systemd_unit_prefix=LAB_UNIT_PREFIX,
         supervisor_bin_dir=venv.bin,
         nova_options={"DEFAULT": {"instances_path": str(config.instances_dir)}},
         secrets=secrets,
@@ -65,25 +72,32 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
     )
 
 
-def supervisor_for(config: LabConfig) -> Supervisor:
+#: The lab's systemd units are ``novaconsole-lab-SERVICE.service``.
+LAB_UNIT_PREFIX = "novaconsole-lab-"
+
+
+def keeper_for(config: LabConfig) -> ServiceKeeper:
+    """The lab's service keeper; the same one :func:`lab_site` gives the plugins."""
+    if choose_service_manager(config.service_manager, config.services_dir) == "systemd":
+        return SystemdUnits(config.services_dir, prefix=LAB_UNIT_PREFIX)
     return Supervisor(config.services_dir, lab_venvs(config.venvs_dir)["openstack"].bin)
 
 
 def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any]]:
     """Every step of ``lab up``: the lab's own and the plugins', ordered by phase."""
-    supervisor = supervisor_for(config)
+    keeper = keeper_for(config)
     venvs = lab_venvs(config.venvs_dir)
     ours: list[Step[Any]] = [
         lab.SystemPackagesStep(),
         lab.VenvsStep(config),
         lab.RabbitStep(config, site.secret("RABBIT_PASS")),
-        *lab.memcached_steps(config, supervisor),
+        *lab.memcached_steps(config, keeper),
         lab.NoVNCStep(config),
         lab.InstancesDirStep(config),
-        *lab.keystone_steps(config, site, venvs["openstack"], supervisor),
-        *lab.glance_steps(config, site, venvs["openstack"], supervisor),
-        *lab.placement_steps(config, site, venvs["openstack"], supervisor),
-        *lab.neutron_steps(config, site, venvs["neutron"], supervisor),
+        *lab.keystone_steps(config, site, venvs["openstack"], keeper),
+        *lab.glance_steps(config, site, venvs["openstack"], keeper),
+        *lab.placement_steps(config, site, venvs["openstack"], keeper),
+        *lab.neutron_steps(config, site, venvs["neutron"], keeper),
         lab.TestImageStep(),
         lab.TestFlavorStep(),
         lab.ComputeServicesUpStep(),
@@ -98,7 +112,7 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
     return steps
 
 
-#: Supervisor program that owns each lab port (a port held by it is ours, not "taken").
+#: Service that owns each lab port (a port held by it is ours, not "taken").
 PORT_OWNERS = {
     "keystone": "keystone",
     "glance": "glance-api",
@@ -118,7 +132,7 @@ def preflight(config: LabConfig) -> None:
     from novaconsole.errors import ConfigError, ConnectionFailure
     from novaconsole.services import port_owner
 
-    ours = supervisor_for(config).status() if config.services_dir.exists() else {}
+    ours = keeper_for(config).status() if config.services_dir.exists() else {}
     for key, port in config.ports.items():
         owner = PORT_OWNERS.get(key)
         if owner in ours and ours[owner].state == "RUNNING":
@@ -198,8 +212,8 @@ def lab_up(
 
 def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
     """Each service with its pid, port and health; the compute driver and why."""
-    supervisor = supervisor_for(config)
-    states = supervisor.status()
+    keeper = keeper_for(config)
+    states = keeper.status()
     rows = []
     for name, state in sorted(states.items()):
         port: int | None = None
@@ -234,7 +248,8 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
         "database": "sqlite" if config.db_url is None else _redacted_db(config.db_url),
         "services": rows,
         "compute": facts,
-        "supervisor_pid": supervisor.daemon_pid(),
+        "services_kept_by": keeper.describe(),
+        "supervisor_pid": keeper.manager_pid(),
     }
 
 
@@ -270,10 +285,10 @@ def _destroy_lab_domains() -> list[str]:
 
 def lab_down(config: LabConfig) -> dict[str, Any]:
     """Stop every process the lab started, by pid, and check none is left."""
-    supervisor = supervisor_for(config)
-    states = supervisor.status()
+    keeper = keeper_for(config)
+    states = keeper.status()
     domains = _destroy_lab_domains() if "libvirtd" in states else []
-    leftover = supervisor.stop_all()
+    leftover = keeper.stop_all()
     if config.rabbit_marker.exists():
         # Only a broker this lab started itself; one that was already running stays.
         subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)

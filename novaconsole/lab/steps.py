@@ -32,7 +32,7 @@ from novaconsole.lab.generic import (
     run_quiet,
 )
 from novaconsole.lab.venvs import Venv, ensure_venvs, lab_venvs
-from novaconsole.services import ServiceSpec, Supervisor, port_owner, wsgi_service
+from novaconsole.services import ServiceKeeper, ServiceSpec, port_owner, wsgi_service
 from novaconsole.site import Site
 from novaconsole.steps import RunContext, Step
 
@@ -291,8 +291,8 @@ def transport_url(config: LabConfig, site: Site) -> str:
     return f"rabbit://{RABBIT_USER}:{password}@{config.rabbit_host}:{config.rabbit_port}/"
 
 
-def memcached_steps(config: LabConfig, supervisor: Supervisor) -> list[Step[Any]]:
-    """memcached under the supervisor."""
+def memcached_steps(config: LabConfig, keeper: ServiceKeeper) -> list[Step[Any]]:
+    """memcached under the service keeper."""
     port = config.ports["memcached"]
     spec = ServiceSpec(
         "memcached",
@@ -301,14 +301,14 @@ def memcached_steps(config: LabConfig, supervisor: Supervisor) -> list[Step[Any]
     )
     # Always the lab's own: Keystone caches tokens and role ids there, and a memcached
     # left over from another Keystone serves stale ids (403s on a fresh lab).
-    return [ServicesStep("lab.memcached", supervisor, [spec], phase="prepare", start_timeout=20)]
+    return [ServicesStep("lab.memcached", keeper, [spec], phase="prepare", start_timeout=20)]
 
 
 # -- identity-bootstrap: keystone ---------------------------------------------------------
 
 
 def keystone_steps(
-    config: LabConfig, site: Site, venv: Venv, supervisor: Supervisor
+    config: LabConfig, site: Site, venv: Venv, keeper: ServiceKeeper
 ) -> list[Step[Any]]:
     etc = config.etc / "keystone"
     conf = etc / "keystone.conf"
@@ -386,7 +386,7 @@ def keystone_steps(
         ),
         ServicesStep(
             "lab.keystone.service",
-            supervisor,
+            keeper,
             [service],
             watched={"keystone": [conf]},
             health={"keystone": config.url("keystone", "/v3")},
@@ -567,7 +567,7 @@ class MarkedCommandStep(CommandStep):
 
 
 def glance_steps(
-    config: LabConfig, site: Site, venv: Venv, supervisor: Supervisor
+    config: LabConfig, site: Site, venv: Venv, keeper: ServiceKeeper
 ) -> list[Step[Any]]:
     etc = config.etc / "glance"
     conf = etc / "glance-api.conf"
@@ -617,7 +617,7 @@ def glance_steps(
         ),
         ServicesStep(
             "lab.glance.service",
-            supervisor,
+            keeper,
             [service],
             watched={"glance-api": [conf]},
             health={"glance-api": config.url("glance", "/healthcheck")},
@@ -627,7 +627,7 @@ def glance_steps(
 
 
 def placement_steps(
-    config: LabConfig, site: Site, venv: Venv, supervisor: Supervisor
+    config: LabConfig, site: Site, venv: Venv, keeper: ServiceKeeper
 ) -> list[Step[Any]]:
     etc = config.etc / "placement"
     conf = etc / "placement.conf"
@@ -664,7 +664,7 @@ def placement_steps(
         ),
         ServicesStep(
             "lab.placement.service",
-            supervisor,
+            keeper,
             [service],
             watched={"placement-api": [conf]},
             health={"placement-api": config.url("placement", "/")},
@@ -674,7 +674,7 @@ def placement_steps(
 
 
 def neutron_steps(
-    config: LabConfig, site: Site, venv: Venv, supervisor: Supervisor
+    config: LabConfig, site: Site, venv: Venv, keeper: ServiceKeeper
 ) -> list[Step[Any]]:
     etc = config.etc / "neutron"
     conf = etc / "neutron.conf"
@@ -754,7 +754,7 @@ def neutron_steps(
         ),
         ServicesStep(
             "lab.neutron.service",
-            supervisor,
+            keeper,
             [service],
             watched={"neutron-api": [conf, ml2]},
             health={"neutron-api": config.url("neutron", "/")},

@@ -1,8 +1,8 @@
-"""nova-compute running under the supervisor, restarted when its configuration changes.
+"""nova-compute kept running (systemd or supervisord), restarted when its configuration changes.
 
 nova-compute reads nova.conf and then nova-compute.conf (its per-driver ``state_path``).
 The program's environment carries a digest of both files, so a changed file changes the
-program's definition and the supervisor's ``update`` restarts it; an unchanged one leaves
+service's definition and the keeper restarts it; an unchanged one leaves
 it running (a re-run changes nothing). With libvirt, nova-compute never exits on SIGTERM
 (its libvirt event thread never ends), so the grace period is short and SIGKILL follows.
 """
@@ -20,8 +20,8 @@ from novaconsole_compute.runtime import (
     compute_conf_path,
     config_digest,
     facts_for,
+    keeper_for,
     nova_binary,
-    supervisor_for,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ _REQUIRED = (
 
 
 def compute_spec(site: Site) -> ServiceSpec:
-    """How the supervisor runs nova-compute for ``site`` (with the current config digest)."""
+    """How the service keeper runs nova-compute for ``site`` (with the current config digest)."""
     nova_conf = site.nova_conf
     overlay = compute_conf_path(site)
     return ServiceSpec(
@@ -76,6 +76,7 @@ class ComputeServiceObserved:
     pending: bool
     installed: bool
     state: str | None
+    noun: str = "service"
 
 
 class NovaComputeStep(Step[ComputeServiceObserved]):
@@ -90,20 +91,21 @@ class NovaComputeStep(Step[ComputeServiceObserved]):
 
     def check(self, ctx: RunContext) -> ComputeServiceObserved:
         facts_for(ctx, self.site)  # a bad driver/virt_type wish fails before anything runs
-        supervisor = supervisor_for(self.site)
+        keeper = keeper_for(self.site)
         spec = compute_spec(self.site)
-        state = supervisor.status().get(PROGRAM)
+        state = keeper.status().get(PROGRAM)
         return ComputeServiceObserved(
-            pending=bool(supervisor.pending([spec])),
-            installed=(supervisor.programs_dir / f"{PROGRAM}.conf").exists(),
+            pending=bool(keeper.pending([spec])),
+            installed=keeper.is_installed(PROGRAM),
             state=state.state if state else None,
+            noun=keeper.noun,
         )
 
     def plan(self, ctx: RunContext, observed: ComputeServiceObserved) -> list[str]:
         if observed.pending and observed.installed:
             return ["restart nova-compute (its command or configuration files changed)"]
         if observed.pending:
-            return ["install supervisor program nova-compute and start it"]
+            return [f"install {observed.noun} nova-compute and start it"]
         if observed.state != "RUNNING":
             return [f"start nova-compute (now {observed.state or 'not running'})"]
         return []
@@ -116,12 +118,12 @@ class NovaComputeStep(Step[ComputeServiceObserved]):
                 hint="provision the controller's nova.conf options first (role controller), "
                 "or add them by hand on a separate compute node",
             )
-        supervisor = supervisor_for(self.site)
-        changed = supervisor.install([compute_spec(self.site)])
-        state = supervisor.status().get(PROGRAM)
+        keeper = keeper_for(self.site)
+        changed = keeper.install([compute_spec(self.site)])
+        state = keeper.status().get(PROGRAM)
         restart = [PROGRAM] if not changed and state and state.state != "RUNNING" else []
-        supervisor.apply(restart=restart)
+        keeper.apply(restart=restart)
 
     def verify(self, ctx: RunContext) -> None:
-        supervisor_for(self.site).wait_running([PROGRAM], timeout=60)
+        keeper_for(self.site).wait_running([PROGRAM], timeout=60)
         super().verify(ctx)

@@ -22,7 +22,7 @@ from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
 from novaconsole.iniconf import IniDocument
 from novaconsole.redact import scrub_secrets
 from novaconsole.steps import RunContext, Step
-from novaconsole_compute.runtime import facts_for, nova_binary, supervisor_for
+from novaconsole_compute.runtime import facts_for, keeper_for, nova_binary
 
 if TYPE_CHECKING:
     from novaconsole.site import Site
@@ -247,7 +247,7 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
             )
 
     def _log(self) -> Path:
-        return supervisor_for(self.site).log_dir / "nova-compute.log"
+        return keeper_for(self.site).log_dir / "nova-compute.log"
 
     def _timeout(self, host: str, service: str | None) -> StepFailed:
         log = self._log()

@@ -1,7 +1,7 @@
 """libvirtd and virtlogd running, and ``qemu:///system`` answering (for the libvirt driver).
 
 Where libvirt's socket already answers (systemd runs libvirtd, or an operator did) the step
-leaves it alone. Otherwise both daemons run in the foreground under the shared supervisor,
+leaves it alone. Otherwise both daemons run in the foreground under the shared keeper,
 so ``lab down`` stops them by pid like every other service. The proof is in-process:
 libvirt-python opens ``qemu:///system`` and, for KVM, asks for KVM domain capabilities.
 """
@@ -16,7 +16,7 @@ from novaconsole.errors import StepFailed
 from novaconsole.services import ServiceSpec, ServiceState
 from novaconsole.steps import RunContext, Step
 from novaconsole_compute.facts import libvirt_socket_answers, probe_libvirt
-from novaconsole_compute.runtime import facts_for, supervisor_for
+from novaconsole_compute.runtime import facts_for, keeper_for
 
 if TYPE_CHECKING:
     from novaconsole.site import Site
@@ -92,10 +92,11 @@ class LibvirtObserved:
     external: bool  #: a libvirtd we do not manage answers
     pending: list[str]  #: our programs whose configuration is missing or differs
     not_running: list[str]
+    noun: str = "service"
 
 
 class LibvirtdStep(Step[LibvirtObserved]):
-    """libvirtd and virtlogd running (ours under the supervisor, or someone else's)."""
+    """libvirtd and virtlogd running (ours under the service keeper, or someone else's)."""
 
     name = "compute.libvirtd"
     phase = "services"
@@ -115,9 +116,9 @@ class LibvirtdStep(Step[LibvirtObserved]):
         facts = facts_for(ctx, self.site)
         if facts.driver != "libvirt":
             return LibvirtObserved(False, False, [], [])
-        supervisor = supervisor_for(self.site)
-        states: dict[str, ServiceState] = supervisor.status()
-        ours = any((supervisor.programs_dir / f"{n}.conf").exists() for n in LIBVIRT_PROGRAMS)
+        keeper = keeper_for(self.site)
+        states: dict[str, ServiceState] = keeper.status()
+        ours = any(keeper.is_installed(n) for n in LIBVIRT_PROGRAMS)
         if not ours and libvirt_socket_answers() is not None:
             ctx.note("libvirtd already answers (not started by novaconsole): left as it is")
             return LibvirtObserved(True, True, [], [])
@@ -125,25 +126,25 @@ class LibvirtdStep(Step[LibvirtObserved]):
         not_running = [
             s.name for s in specs if s.name not in states or states[s.name].state != "RUNNING"
         ]
-        return LibvirtObserved(True, False, supervisor.pending(specs), not_running)
+        return LibvirtObserved(True, False, keeper.pending(specs), not_running, keeper.noun)
 
     def plan(self, ctx: RunContext, observed: LibvirtObserved) -> list[str]:
-        plan = [f"install supervisor program {name}" for name in observed.pending]
+        plan = [f"install {observed.noun} {name}" for name in observed.pending]
         plan += [f"start {name}" for name in observed.not_running if name not in observed.pending]
         return plan
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
-        supervisor = supervisor_for(self.site)
+        keeper = keeper_for(self.site)
         specs = self._specs(ctx)
-        changed = supervisor.install(specs)
-        states = supervisor.status()
+        changed = keeper.install(specs)
+        states = keeper.status()
         stopped = [
             s.name
             for s in specs
             if s.name not in changed and (s.name in states and states[s.name].state != "RUNNING")
         ]
-        supervisor.apply(restart=stopped)
-        supervisor.wait_running([s.name for s in specs], timeout=30)
+        keeper.apply(restart=stopped)
+        keeper.wait_running([s.name for s in specs], timeout=30)
 
     def verify(self, ctx: RunContext) -> None:
         facts = facts_for(ctx, self.site)

@@ -1,4 +1,4 @@
-"""What the compute steps share: the run's host facts, binaries, the supervisor, file paths."""
+"""What the compute steps share: the run's host facts, binaries, the service keeper, paths."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from novaconsole.errors import ConfigError
-from novaconsole.services import Supervisor
+from novaconsole.services import ServiceKeeper, keeper_for_site
 from novaconsole_compute.facts import ComputeFacts, host_facts
 
 if TYPE_CHECKING:
@@ -45,18 +45,9 @@ def nova_binary(site: Site, name: str) -> Path:
     return Path(found)
 
 
-def supervisor_for(site: Site) -> Supervisor:
+def keeper_for(site: Site) -> ServiceKeeper:
     """The service keeper every plugin shares (``site.services_dir``)."""
-    bin_dir = site.supervisor_bin_dir or site.nova_bin_dir
-    if bin_dir is None:
-        found = shutil.which("supervisord")
-        if found is None:
-            raise ConfigError(
-                f"supervisord not found: set supervisor_bin_dir in {site.source}",
-                hint="pip install supervisor",
-            )
-        bin_dir = Path(found).parent
-    return Supervisor(site.services_dir, bin_dir)
+    return keeper_for_site(site)
 
 
 def compute_conf_path(site: Site) -> Path:

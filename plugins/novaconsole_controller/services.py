@@ -2,7 +2,7 @@
 
 nova-api (the ``nova.wsgi.osapi_compute`` WSGI app under gunicorn), nova-conductor,
 nova-scheduler and nova-novncproxy, each with ``--config-file NOVA_CONF`` and a log file of
-its own, kept running by supervisord (:class:`novaconsole.services.Supervisor`). The step
+its own, kept running by systemd units or supervisord (:mod:`novaconsole.services`). The step
 restarts the services when nova.conf changed since they were started (a digest of the file
 is recorded with each start), refuses a port that something else holds, and re-running
 changes nothing.
@@ -24,7 +24,15 @@ from novaconsole.errors import ConfigError, NovaconsoleError, StepFailed
 from novaconsole.fileutil import atomic_write
 from novaconsole.iniconf import IniDocument
 from novaconsole.redact import scrub_secrets
-from novaconsole.services import ServiceSpec, ServiceState, Supervisor, port_owner, wsgi_service
+from novaconsole.services import (
+    ServiceKeeper,
+    ServiceSpec,
+    ServiceState,
+    choose_service_manager,
+    keeper_for_site,
+    port_owner,
+    wsgi_service,
+)
 from novaconsole.site import Site
 from novaconsole.steps import RunContext, Step
 from novaconsole_controller.novaconf import nova_conf_digest
@@ -40,10 +48,18 @@ def nova_bin_dir(site: Site) -> Path:
     return site.nova_bin_dir or nova_manage_path(site).parent
 
 
-def supervisor_for(site: Site) -> Supervisor:
-    """The supervisord that keeps the controller services (shared with other owners)."""
-    bin_dir = site.supervisor_bin_dir or nova_bin_dir(site)
-    return Supervisor(site.services_dir, bin_dir)
+def keeper_for(site: Site) -> ServiceKeeper:
+    """The service keeper of the controller services (shared with other owners).
+
+    supervisord comes from the venv nova runs from when the site does not say where.
+    """
+    if (
+        site.supervisor_bin_dir is None
+        and site.nova_bin_dir is None
+        and choose_service_manager(site.service_manager, site.services_dir) == "supervisord"
+    ):
+        site = dataclasses.replace(site, supervisor_bin_dir=nova_bin_dir(site))
+    return keeper_for_site(site)
 
 
 def paste_ini_source(site: Site) -> Path:
@@ -128,10 +144,11 @@ class ServicesObserved:
     conf_changed: bool
     paste_ini_stale: bool
     not_running: list[str] = field(default_factory=list)
+    noun: str = "service"
 
 
 class NovaServicesStep(Step[ServicesObserved]):
-    """Run nova-api, nova-conductor, nova-scheduler and nova-novncproxy under supervisord."""
+    """Keep nova-api, nova-conductor, nova-scheduler and nova-novncproxy running."""
 
     name = "controller.services"
     phase = "services"
@@ -153,8 +170,8 @@ class NovaServicesStep(Step[ServicesObserved]):
 
     def check(self, ctx: RunContext) -> ServicesObserved:
         specs = service_specs(self.site, write_shim=False)
-        supervisor = supervisor_for(self.site)
-        states = supervisor.status()
+        keeper = keeper_for(self.site)
+        states = keeper.status()
         not_running = [n for n in SERVICE_NAMES if n not in states or states[n].state != "RUNNING"]
         for spec in specs:
             if spec.port and spec.name in not_running and port_owner(self.site.my_ip, spec.port):
@@ -166,18 +183,19 @@ class NovaServicesStep(Step[ServicesObserved]):
         stale = not self.paste_ini.is_file() or not filecmp.cmp(source, self.paste_ini, False)
         current = nova_conf_digest(self.site.nova_conf)
         return ServicesObserved(
-            pending=supervisor.pending(specs),
+            pending=keeper.pending(specs),
             states=states,
             conf_changed=current is not None and current != self._recorded_digest(),
             paste_ini_stale=stale,
             not_running=not_running,
+            noun=keeper.noun,
         )
 
     def plan(self, ctx: RunContext, observed: ServicesObserved) -> list[str]:
         changes = []
         if observed.paste_ini_stale:
             changes.append(f"copy nova's api-paste.ini to {self.paste_ini}")
-        changes += [f"write supervisord program {name}" for name in observed.pending]
+        changes += [f"write {observed.noun} {name}" for name in observed.pending]
         start = [n for n in observed.not_running if n not in observed.pending]
         if start:
             changes.append(f"start {', '.join(start)}")
@@ -193,9 +211,9 @@ class NovaServicesStep(Step[ServicesObserved]):
         if observed.paste_ini_stale:
             shutil.copyfile(paste_ini_source(self.site), self.paste_ini)
         specs = service_specs(self.site, write_shim=True)
-        supervisor = supervisor_for(self.site)
+        keeper = keeper_for(self.site)
         digest = nova_conf_digest(self.site.nova_conf)
-        changed = supervisor.install(specs)
+        changed = keeper.install(specs)
         restart = []
         if observed.conf_changed or observed.paste_ini_stale:
             restart = [n for n in SERVICE_NAMES if n not in changed and n in observed.states]
@@ -207,14 +225,14 @@ class NovaServicesStep(Step[ServicesObserved]):
         ]
         started = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
         try:
-            supervisor.apply(restart=restart)
-            supervisor.wait_running(SERVICE_NAMES, timeout=START_TIMEOUT)
+            keeper.apply(restart=restart)
+            keeper.wait_running(SERVICE_NAMES, timeout=START_TIMEOUT)
         except NovaconsoleError as exc:
             raise StepFailed(f"{self.name}: {exc.one_line()}") from None
-        self._wait_healthy(supervisor, specs, started)
+        self._wait_healthy(keeper, specs, started)
         if digest is not None:
             atomic_write(self.digest_file, digest + "\n", mode=0o600)
-        ctx.log(f"{self.name}: running under supervisord ({self.site.services_dir})")
+        ctx.log(f"{self.name}: kept running by {keeper.describe()}")
 
     def _log_hint(self, name: str) -> str:
         """The last error line of a service's log (scrubbed), and where the log is."""
@@ -228,18 +246,18 @@ class NovaServicesStep(Step[ServicesObserved]):
         return f"{last + '; ' if last else ''}see {log}"
 
     def _wait_healthy(
-        self, supervisor: Supervisor, specs: list[ServiceSpec], started: datetime.datetime
+        self, keeper: ServiceKeeper, specs: list[ServiceSpec], started: datetime.datetime
     ) -> None:
         """Ports answer, and conductor/scheduler reported themselves in the services table.
 
-        nova takes ~10 s to import, longer than supervisord's start window, so a service
+        nova takes ~10 s to import, longer than the keepers' start windows, so a service
         that dies on start-up (bad credentials, no broker) shows up only here.
         """
         deadline = time.monotonic() + START_TIMEOUT
         waiting = {spec.name for spec in specs}
         main_url = IniDocument.load(self.site.nova_conf).get("database", "connection")
         while waiting:
-            states = supervisor.status()
+            states = keeper.status()
             for name in sorted(waiting):
                 state = states.get(name)
                 if state is None or state.state in ("BACKOFF", "FATAL", "EXITED", "STOPPED"):
@@ -287,5 +305,5 @@ def _as_datetime(value: Any) -> datetime.datetime | None:
 
 
 def service_steps(site: Site) -> list[Step[Any]]:
-    """The services step (supervisord keeps them; systemd units are not written)."""
+    """The services step (systemd units where systemd runs, else supervisord)."""
     return [NovaServicesStep(site)]

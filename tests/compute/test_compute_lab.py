@@ -17,7 +17,7 @@ from novaconsole.steps import RunContext, Status, run_steps
 from novaconsole_compute import compute_steps, host_facts
 from novaconsole_compute.discover import api_db_url, host_mapping
 from novaconsole_compute.libvirtd import LIBVIRT_PROGRAMS, LIBVIRT_URI, libvirt_answers
-from novaconsole_compute.runtime import supervisor_for
+from novaconsole_compute.runtime import keeper_for
 
 pytestmark = pytest.mark.lab
 
@@ -73,7 +73,7 @@ def test_hypervisor_matches_the_choice(site: Site, conn: Any) -> None:
 
 def test_libvirtd_is_kept_by_the_lab(site: Site) -> None:
     """Our libvirtd/virtlogd run under the lab's supervisor, so `lab down` stops them."""
-    supervisor = supervisor_for(site)
+    supervisor = keeper_for(site)
     states = supervisor.status()
     ours = [name for name in LIBVIRT_PROGRAMS if name in states]
     if not ours:

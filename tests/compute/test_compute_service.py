@@ -25,7 +25,7 @@ from novaconsole_compute.compute_service import (
     compute_spec,
     missing_required,
 )
-from novaconsole_compute.runtime import compute_conf_path, supervisor_for
+from novaconsole_compute.runtime import compute_conf_path, keeper_for
 
 SECRET = "Rabbit-S3cret-never-shown"
 NOVA_CONF = f"""\
@@ -98,7 +98,8 @@ def _pid(supervisor: Supervisor) -> int | None:
 def test_started_left_alone_and_restarted_on_change(real_site: Site) -> None:
     site = real_site
     step = NovaComputeStep(site)
-    supervisor = supervisor_for(site)
+    supervisor = keeper_for(site)
+    assert isinstance(supervisor, Supervisor)  # no systemd as PID 1 on the test machine
 
     dry = run_step(step, context(site, driver="fake", dry_run=True))
     assert dry.status is Status.PLANNED

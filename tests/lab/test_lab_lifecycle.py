@@ -1,14 +1,18 @@
-"""Tearing labs down (runs last): no process survives; the MariaDB path end to end."""
+"""Tearing labs down (runs last): no process survives; MariaDB under systemd end to end."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pymysql
 import pytest
 from labtools import run_novaconsole
+from systemd_machine import SystemdMachine, can_boot
 
 from novaconsole.lab.config import LabConfig
 
@@ -75,38 +79,87 @@ def _drop_lab_databases() -> None:
 
 
 @pytest.mark.mariadb
-def test_mariadb_lab_up_verify_rerun_down(tmp_path: Path) -> None:
+@pytest.mark.systemd
+@pytest.mark.skipif(can_boot() is not None, reason=str(can_boot()))
+def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(tmp_path: Path) -> None:
+    """The guide's MariaDB path, with every service a systemd unit (a real systemd as PID 1).
+
+    The lab runs inside a throw-away systemd machine (tests/systemd_machine.py) that shares
+    this machine's network, MariaDB and RabbitMQ; its state directory is shared for reading.
+    """
     state = tmp_path / "mariadb-lab"
+    state.mkdir()
+    novaconsole = [sys.executable, "-m", "novaconsole"]
     _drop_lab_databases()
     try:
-        up = run_novaconsole(
-            "lab", "up", "-q", "--db", "mysql+pymysql://root@127.0.0.1", "--state-dir", str(state)
-        )
-        assert up.returncode == 0, up.stderr[-3000:]
-        conn = pymysql.connect(host="127.0.0.1", user="root", password="")
-        with conn.cursor() as cur:
-            cur.execute("SHOW DATABASES")
-            databases = {row[0] for row in cur.fetchall()}
-            cur.execute("SELECT Host FROM mysql.user WHERE User = 'nova'")
-            nova_hosts = {row[0] for row in cur.fetchall()}
-            cur.execute("SELECT COUNT(*) FROM nova_api.cell_mappings")
-            (cells,) = cur.fetchone()
-        conn.close()
-        assert set(LAB_DATABASES) <= databases
-        assert nova_hosts >= {"localhost", "%"}
-        assert cells == 2  # cell0 and cell1
-        verify = run_novaconsole("verify", "--os-cloud", "novaconsole-lab", "-f", "json")
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        rerun = run_novaconsole("lab", "up", "-f", "json", "--state-dir", str(state))
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
-        assert json.loads(rerun.stdout)["changed"] == 0
-        secrets = json.loads((state / "secrets.json").read_text())
-        for log in (state / "services" / "logs").glob("*.log"):
-            text = log.read_text(errors="replace")
-            assert not [n for n, v in secrets.items() if v in text], log
-        assert_down(state, lab_pids(state))
+        with SystemdMachine(tmp_path) as machine:
+
+            def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+                return machine.run(*novaconsole, *args, timeout=timeout)
+
+            up = run(
+                "lab", "up", "-q", "--db", "mysql+pymysql://root@127.0.0.1",
+                "--state-dir", str(state),
+            )  # fmt: skip
+            assert up.returncode == 0, up.stderr[-3000:]
+            conn = pymysql.connect(host="127.0.0.1", user="root", password="")
+            with conn.cursor() as cur:
+                cur.execute("SHOW DATABASES")
+                databases = {row[0] for row in cur.fetchall()}
+                cur.execute("SELECT Host FROM mysql.user WHERE User = 'nova'")
+                nova_hosts = {row[0] for row in cur.fetchall()}
+                cur.execute("SELECT COUNT(*) FROM nova_api.cell_mappings")
+                (cells,) = cur.fetchone()
+            conn.close()
+            assert set(LAB_DATABASES) <= databases
+            assert nova_hosts >= {"localhost", "%"}
+            assert cells == 2  # cell0 and cell1
+
+            # Every service is a running, enabled unit of the machine's systemd.
+            status = json.loads(
+                run("lab", "status", "-f", "json", "--state-dir", str(state)).stdout
+            )
+            assert status["services_kept_by"].startswith("systemd units novaconsole-lab-*")
+            assert status["supervisor_pid"] is None
+            names = {row["service"] for row in status["services"]}
+            assert {"keystone", "nova-api", "nova-conductor", "nova-compute", "libvirtd"} <= names
+            for name in names:
+                unit = f"novaconsole-lab-{name}.service"
+                assert machine.run("systemctl", "is-active", unit).stdout.strip() == "active"
+                assert machine.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+
+            verify = run("verify", "--os-cloud", "novaconsole-lab", "-f", "json")
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            rerun = run("lab", "up", "-f", "json", "--state-dir", str(state))
+            assert rerun.returncode == 0, rerun.stderr[-2000:]
+            assert json.loads(rerun.stdout)["changed"] == 0
+
+            # systemd, not novaconsole, brings a crashed service back.
+            unit = "novaconsole-lab-nova-scheduler.service"
+            old = machine.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+            machine.run("kill", "-KILL", old)
+            deadline = time.monotonic() + 60
+            new = old
+            while time.monotonic() < deadline and new in (old, "0"):
+                time.sleep(1)
+                new = machine.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout
+                new = new.strip()
+            assert new not in (old, "0")
+            restarts = machine.run("systemctl", "show", "-p", "NRestarts", "--value", unit)
+            assert int(restarts.stdout) >= 1
+
+            secrets = json.loads((state / "secrets.json").read_text())
+            for log in (state / "services" / "logs").glob("*.log"):
+                text = log.read_text(errors="replace")
+                assert not [n for n, v in secrets.items() if v in text], log
+            units = machine.run("sh", "-c", "cat /etc/systemd/system/novaconsole-lab-*.service")
+            assert not [n for n, v in secrets.items() if v in units.stdout]
+
+            down = run("lab", "down", "--state-dir", str(state))
+            assert down.returncode == 0, down.stderr
+            assert machine.processes() == []
+            left = machine.run("sh", "-c", "ls /etc/systemd/system | grep novaconsole-lab || true")
+            assert left.stdout.strip() == ""
     finally:
-        if (state / "services" / "supervisord.pid").exists():
-            run_novaconsole("lab", "down", "--state-dir", str(state))
         if not os.environ.get("NOVACONSOLE_KEEP_LAB_DATABASES"):
             _drop_lab_databases()

@@ -1,0 +1,134 @@
+"""systemd unit rendering and the choice of service keeper (no systemd needed).
+
+The units are also checked by systemd's own parser (``systemd-analyze verify``); running
+them under a real systemd is tests/core/test_systemd_keeper.py and the MariaDB lab test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from novaconsole.errors import ConfigError
+from novaconsole.lab.config import LabConfig
+from novaconsole.services import (
+    STATE_MARKER,
+    ServiceSpec,
+    Supervisor,
+    SystemdUnits,
+    choose_service_manager,
+    keeper_for_site,
+    render_unit,
+)
+from novaconsole.site import Site, site_from_mapping
+
+
+def spec(**extra: object) -> ServiceSpec:
+    fields: dict[str, object] = {
+        "name": "demo",
+        "argv": (sys.executable, "-c", "print('50% of $HOME')", "two words"),
+        "env": {"GREETING": 'say "hi" at 100%', "PLAIN": "x"},
+        "stop_signal": "INT",
+        "stop_wait": 7,
+    }
+    fields.update(extra)
+    return ServiceSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_unit_escapes_specifiers_variables_and_quotes(tmp_path: Path) -> None:
+    text = render_unit(spec(), tmp_path / "logs", tmp_path)
+    lines = text.splitlines()
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert exec_start == (f'ExecStart={sys.executable} -c "print(\'50%% of $$HOME\')" "two words"')
+    assert 'Environment="GREETING=say \\"hi\\" at 100%%"' in lines
+    assert 'Environment="PLAIN=x"' in lines
+    assert f"StandardOutput=append:{tmp_path / 'logs' / 'demo.log'}" in lines
+    assert f"{STATE_MARKER}={tmp_path}" in lines
+    assert "KillSignal=SIGINT" in lines
+    assert "TimeoutStopSec=7" in lines
+    assert "Restart=on-failure" in lines
+    assert "WantedBy=multi-user.target" in lines
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemds_own_parser_accepts_the_unit_without_a_warning(tmp_path: Path) -> None:
+    unit = tmp_path / "novaconsole-demo.service"
+    unit.write_text(render_unit(spec(directory=str(tmp_path)), tmp_path / "logs", tmp_path))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Unknown keys, bad quoting or escapes are warnings on stderr, not failures.
+    assert proc.stderr.strip() == ""
+
+
+def test_paths_systemd_cannot_append_to_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="spaces or %"):
+        render_unit(spec(), tmp_path / "my logs", tmp_path)
+
+
+def test_keeper_pending_install_and_owner(tmp_path: Path) -> None:
+    units = tmp_path / "units"
+    keeper = SystemdUnits(tmp_path / "state", unit_dir=units, prefix="nc-")
+    assert keeper.pending([spec()]) == ["demo"]
+    assert keeper.install([spec()]) == ["demo"]
+    assert (units / "nc-demo.service").stat().st_mode & 0o777 == 0o644
+    assert keeper.pending([spec()]) == []
+    assert keeper.install([spec()]) == []
+    assert keeper.is_installed("demo")
+    assert keeper.names() == ["demo"]
+    other = SystemdUnits(tmp_path / "other", unit_dir=units, prefix="nc-")
+    assert other.names() == []
+    assert not other.is_installed("demo")
+    with pytest.raises(ConfigError, match="belongs to the state directory"):
+        other.install([spec()])
+
+
+def test_auto_takes_systemd_where_it_runs_but_keeps_a_supervisord_setup(tmp_path: Path) -> None:
+    assert choose_service_manager("auto", tmp_path, booted=True) == "systemd"
+    assert choose_service_manager("auto", tmp_path, booted=False) == "supervisord"
+    assert choose_service_manager("supervisord", tmp_path, booted=True) == "supervisord"
+    (tmp_path / "supervisord.conf").write_text("")
+    assert choose_service_manager("auto", tmp_path, booted=True) == "supervisord"
+    with pytest.raises(ConfigError) as caught:
+        choose_service_manager("systemd", tmp_path, booted=False)
+    assert "systemd is not running on this machine" in caught.value.one_line()
+
+
+def test_this_machine_without_systemd_gets_supervisord(tmp_path: Path) -> None:
+    site = Site(services_dir=tmp_path, supervisor_bin_dir=tmp_path)
+    keeper = keeper_for_site(site)
+    if Path("/run/systemd/system").is_dir():  # a machine booted with systemd
+        assert isinstance(keeper, SystemdUnits)
+    else:
+        assert isinstance(keeper, Supervisor)
+
+
+def test_site_file_validates_the_service_manager_and_unit_prefix() -> None:
+    site = site_from_mapping({"service_manager": "systemd", "systemd_unit_prefix": "nova-"}, "s")
+    assert site.service_manager == "systemd"
+    assert site.systemd_unit_prefix == "nova-"
+    with pytest.raises(ConfigError, match="service_manager must be one of"):
+        site_from_mapping({"service_manager": "upstart"}, "site.toml")
+    with pytest.raises(ConfigError, match="not a valid unit name prefix"):
+        site_from_mapping({"systemd_unit_prefix": "../evil"}, "site.toml")
+
+
+def test_lab_remembers_its_service_manager(tmp_path: Path) -> None:
+    config = LabConfig(state_dir=tmp_path)
+    config.service_manager = "supervisord"
+    config.save()
+    assert LabConfig.load(tmp_path).service_manager == "supervisord"
+
+
+def test_unwritable_unit_dir_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    keeper = SystemdUnits(tmp_path / "state", unit_dir=blocker / "units")
+    with pytest.raises(ConfigError) as caught:
+        keeper.install([spec()])
+    assert caught.value.one_line().startswith(f"cannot write systemd units in {blocker / 'units'}")
