@@ -40,6 +40,9 @@ from novaconsole.steps import RunContext, Step
 SYSTEM_PACKAGES: dict[str, str] = {
     "libvirt-daemon-system": "/usr/sbin/libvirtd",
     "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
+    # Only "recommended" by qemu-system-x86, so absent on a minimal host; nova's libvirt
+    # driver runs qemu-img on every image it caches (a build aborts without it).
+    "qemu-utils": "/usr/bin/qemu-img",
     "libvirt-dev": "/usr/include/libvirt/libvirt.h",
     "pkg-config": "/usr/bin/pkg-config",
     "memcached": "/usr/bin/memcached",

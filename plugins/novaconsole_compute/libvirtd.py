@@ -8,6 +8,7 @@ libvirt-python opens ``qemu:///system`` and, for KVM, asks for KVM domain capabi
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,12 @@ class LibvirtdStep(Step[LibvirtObserved]):
         facts = facts_for(ctx, self.site)
         if facts.driver != "libvirt":
             return LibvirtObserved(False, False, [], [])
+        if shutil.which("qemu-img") is None:
+            raise StepFailed(
+                "qemu-img is not installed: nova's libvirt driver needs it for every image "
+                "it boots (builds abort with 'Disk info file is invalid')",
+                hint="apt-get install qemu-utils",
+            )
         keeper = keeper_for(self.site)
         states: dict[str, ServiceState] = keeper.status()
         ours = any(keeper.is_installed(n) for n in LIBVIRT_PROGRAMS)

@@ -7,6 +7,7 @@ a socket that does not exist does not.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,20 @@ def test_stop_guests_destroys_running_domains() -> None:
 
 def test_stop_guests_without_a_daemon(tmp_path: Path) -> None:
     assert stop_guests(f"qemu+unix:///system?socket={tmp_path}/libvirt-sock") == []
+
+
+def test_libvirt_driver_without_qemu_img_is_refused_before_anything_starts(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minimal host has QEMU but not qemu-utils; every build would abort later."""
+    real_which = shutil.which
+    monkeypatch.setattr(
+        "novaconsole_compute.libvirtd.shutil.which",
+        lambda name, *a, **k: None if name == "qemu-img" else real_which(name, *a, **k),
+    )
+    result = run_step(LibvirtdStep(site), context(site, driver="libvirt"))
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert result.error.startswith("qemu-img is not installed")
+    assert "apt-get install qemu-utils" in result.error
+    assert not site.services_dir.exists()
