@@ -8,9 +8,12 @@ libvirt-python opens ``qemu:///system`` and, for KVM, asks for KVM domain capabi
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from novaconsole.errors import StepFailed
@@ -94,6 +97,34 @@ class LibvirtObserved:
     pending: list[str]  #: our programs whose configuration is missing or differs
     not_running: list[str]
     noun: str = "service"
+    #: What would let QEMU open /dev/kvm, when it cannot (None: nothing to do).
+    kvm_fix: str | None = None
+
+
+#: The group Debian's QEMU runs guests in (libvirt-qemu:kvm) and udev gives /dev/kvm to.
+KVM_GROUP = "kvm"
+
+
+def kvm_device_fix(device: Path = Path("/dev/kvm"), group: str = KVM_GROUP) -> str | None:
+    """What to change so that QEMU (group ``kvm``) can open ``device``; None if it can.
+
+    udev's rule makes /dev/kvm ``root:kvm 0660``; where no udev runs (containers, these
+    sandboxes) the node stays ``root:root 0600``, root's probe works and every guest then
+    fails with "Could not access KVM kernel module: Permission denied".
+    """
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        st = device.stat()
+    except (KeyError, OSError):
+        return None  # no such group or device: nothing we can fix here
+    if st.st_gid == gid and st.st_mode & 0o060 == 0o060:
+        return None
+    return f"give {device} to group {group}, mode 0660 (udev's rule; no udev set it here)"
+
+
+def apply_kvm_device_fix(device: Path = Path("/dev/kvm"), group: str = KVM_GROUP) -> None:
+    os.chown(device, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(device, 0o660)
 
 
 class LibvirtdStep(Step[LibvirtObserved]):
@@ -101,10 +132,11 @@ class LibvirtdStep(Step[LibvirtObserved]):
 
     name = "compute.libvirtd"
     phase = "services"
-    description = "libvirtd and virtlogd running, qemu:///system answering"
+    description = "libvirtd and virtlogd running, qemu:///system answering, /dev/kvm open to QEMU"
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, kvm_device: Path = Path("/dev/kvm")) -> None:
         self.site = site
+        self.kvm_device = kvm_device
 
     def _specs(self, ctx: RunContext) -> list[ServiceSpec]:
         facts = facts_for(ctx, self.site)
@@ -117,6 +149,7 @@ class LibvirtdStep(Step[LibvirtObserved]):
         facts = facts_for(ctx, self.site)
         if facts.driver != "libvirt":
             return LibvirtObserved(False, False, [], [])
+        kvm_fix = kvm_device_fix(self.kvm_device) if facts.virt_type == "kvm" else None
         if shutil.which("qemu-img") is None:
             raise StepFailed(
                 "qemu-img is not installed: nova's libvirt driver needs it for every image "
@@ -128,19 +161,27 @@ class LibvirtdStep(Step[LibvirtObserved]):
         ours = any(keeper.is_installed(n) for n in LIBVIRT_PROGRAMS)
         if not ours and libvirt_socket_answers() is not None:
             ctx.note("libvirtd already answers (not started by novaconsole): left as it is")
-            return LibvirtObserved(True, True, [], [])
+            return LibvirtObserved(True, True, [], [], kvm_fix=kvm_fix)
         specs = self._specs(ctx)
         not_running = [
             s.name for s in specs if s.name not in states or states[s.name].state != "RUNNING"
         ]
-        return LibvirtObserved(True, False, keeper.pending(specs), not_running, keeper.noun)
+        return LibvirtObserved(
+            True, False, keeper.pending(specs), not_running, keeper.noun, kvm_fix
+        )
 
     def plan(self, ctx: RunContext, observed: LibvirtObserved) -> list[str]:
-        plan = [f"install {observed.noun} {name}" for name in observed.pending]
+        plan = [observed.kvm_fix] if observed.kvm_fix else []
+        plan += [f"install {observed.noun} {name}" for name in observed.pending]
         plan += [f"start {name}" for name in observed.not_running if name not in observed.pending]
         return plan
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        observed = self.check(ctx)
+        if observed.kvm_fix:
+            apply_kvm_device_fix(self.kvm_device)
+        if observed.external:
+            return
         keeper = keeper_for(self.site)
         specs = self._specs(ctx)
         changed = keeper.install(specs)

@@ -7,7 +7,10 @@ a socket that does not exist does not.
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,15 @@ from compute_helpers import context
 from novaconsole.errors import StepFailed
 from novaconsole.site import Site
 from novaconsole.steps import Status, run_step
-from novaconsole_compute.libvirtd import LibvirtdStep, libvirt_answers, libvirt_specs, stop_guests
+from novaconsole_compute.libvirtd import (
+    KVM_GROUP,
+    LibvirtdStep,
+    apply_kvm_device_fix,
+    kvm_device_fix,
+    libvirt_answers,
+    libvirt_specs,
+    stop_guests,
+)
 
 pytest.importorskip("libvirt")
 
@@ -83,3 +94,23 @@ def test_libvirt_driver_without_qemu_img_is_refused_before_anything_starts(
     assert result.error.startswith("qemu-img is not installed")
     assert "apt-get install qemu-utils" in result.error
     assert not site.services_dir.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's group needs root")
+def test_kvm_device_is_given_to_qemus_group_like_udev_would(tmp_path: Path) -> None:
+    """No udev here: /dev/kvm stays root:root 0600 and QEMU (libvirt-qemu:kvm) cannot open it."""
+    try:
+        kvm_gid = grp.getgrnam(KVM_GROUP).gr_gid
+    except KeyError:
+        pytest.skip("no kvm group on this machine")
+    device = tmp_path / "kvm"
+    device.write_text("")
+    os.chown(device, 0, 0)
+    device.chmod(0o600)
+    fix = kvm_device_fix(device)
+    assert fix == f"give {device} to group kvm, mode 0660 (udev's rule; no udev set it here)"
+    apply_kvm_device_fix(device)
+    st = device.stat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (kvm_gid, 0o660)
+    assert kvm_device_fix(device) is None  # converged
+    assert kvm_device_fix(tmp_path / "absent") is None
