@@ -99,6 +99,10 @@ def database_user(service: str) -> str:
     return service
 
 
+#: Query that loads the lab's SQLAlchemy plugin (novaconsole/lab/sqlite_plugin).
+SQLITE_IMMEDIATE_QUERY = "?plugin=novaconsole_sqlite_immediate"
+
+
 def sqlite_path(site: Site, database: str) -> Path:
     """Absolute path of a SQLite database file under ``site.sqlite_dir``."""
     return Path(os.path.abspath(site.sqlite_dir)) / f"{database}.sqlite"
@@ -117,7 +121,8 @@ def connection_url(site: Site, service: str, database: str | None = None) -> str
     database = database or databases[0]
     valid_identifier(database, "database name")
     if site.database_url is None:
-        return "sqlite:///" + str(sqlite_path(site, database))
+        url = "sqlite:///" + str(sqlite_path(site, database))
+        return url + SQLITE_IMMEDIATE_QUERY if site.sqlite_begin_immediate else url
     server = parse_server_url(site.database_url)
     password = site.secret(SERVICE_DB_SECRETS[service])
     user = database_user(service)
@@ -134,7 +139,7 @@ def database_name(url: str) -> str | None:
     except ValueError:
         return None
     if parts.scheme.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
         return Path(path).stem if path else None
     name = parts.path.lstrip("/")
     return name or None

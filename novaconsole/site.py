@@ -108,6 +108,10 @@ class Site:
     #: Services besides Nova that provisioning sets up databases and identities for
     #: (the guide's own chapters for them; the lab uses keystone, glance, placement, neutron).
     extra_services: list[str] = field(default_factory=list)
+    #: SQLite URLs name the ``novaconsole_sqlite_immediate`` SQLAlchemy plugin, so that
+    #: transactions take the write lock up front (the lab installs the plugin into its
+    #: venvs; a site must install ``novaconsole/lab/sqlite_plugin`` itself to use it).
+    sqlite_begin_immediate: bool = False
     #: Where the service keeper keeps its state and one log file per service.
     services_dir: Path = field(default_factory=lambda: Path("/var/lib/novaconsole/services"))
     #: Who keeps the services running: ``systemd`` units, ``supervisord``, or ``auto``

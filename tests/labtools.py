@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+
+#: When this test session started, as oslo.log stamps lines (local time, to the second).
+SESSION_START = time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def novaconsole_cmd(*args: str) -> list[str]:

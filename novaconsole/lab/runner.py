@@ -46,6 +46,7 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         region=config.region,
         database_url=config.db_url,
         sqlite_dir=data / "db",
+        sqlite_begin_immediate=True,
         rabbit_host=config.rabbit_host,
         rabbit_port=config.rabbit_port,
         rabbit_user=RABBIT_USER,

@@ -8,6 +8,7 @@ marker records the same package set is reused as is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from novaconsole.errors import NovaconsoleError
+
+#: The lab's own SQLAlchemy plugin (BEGIN IMMEDIATE for SQLite), a local project.
+SQLITE_PLUGIN = str(Path(__file__).resolve().parent / "sqlite_plugin")
+SQLITE_PLUGIN_NAME = "novaconsole-sqlite-immediate"
 
 #: Package sets per venv, pinned to the releases ARCHITECTURE.md was checked against.
 OPENSTACK_PACKAGES = (
@@ -30,8 +35,9 @@ OPENSTACK_PACKAGES = (
     "python-memcached",
     "supervisor",
     "libvirt-python",
+    SQLITE_PLUGIN,
 )
-NEUTRON_PACKAGES = ("neutron==29.0.0", "gunicorn", "PyMySQL", "python-memcached")
+NEUTRON_PACKAGES = ("neutron==29.0.0", "gunicorn", "PyMySQL", "python-memcached", SQLITE_PLUGIN)
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,25 @@ class Venv:
     def marker(self) -> Path:
         return self.path / ".novaconsole-packages.json"
 
+    def wanted(self) -> list[str]:
+        """What the marker records: the package set, and our local project's content."""
+        return [*self.packages, f"{SQLITE_PLUGIN}#{local_project_digest(Path(SQLITE_PLUGIN))}"]
+
     def is_current(self) -> bool:
         try:
             recorded = json.loads(self.marker.read_text())
         except (OSError, ValueError):
             return False
-        return bool(recorded == list(self.packages) and self.python.exists())
+        return bool(recorded == self.wanted() and self.python.exists())
+
+
+def local_project_digest(directory: Path) -> str:
+    """A digest of a local project's files (a changed file means: install it again)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.suffix in (".py", ".toml"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def lab_venvs(root: Path) -> dict[str, Venv]:
@@ -84,15 +103,19 @@ def install_venv(venv: Venv, *, log_path: Path) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     with log_path.open("ab") as log:
+        # Our local project keeps its version when its code changes: always rebuild it.
         if uv:
+            install = [uv, "pip", "install", "-q", "--python", str(venv.python)]
             commands = [
                 [uv, "venv", "--allow-existing", "-q", "-p", sys.executable, str(venv.path)],
-                [uv, "pip", "install", "-q", "--python", str(venv.python), *venv.packages],
+                [*install, "--reinstall-package", SQLITE_PLUGIN_NAME, *venv.packages],
             ]
         else:
+            install = [str(venv.python), "-m", "pip", "install", "-q"]
             commands = [
                 [sys.executable, "-m", "venv", str(venv.path)],
-                [str(venv.python), "-m", "pip", "install", "-q", *venv.packages],
+                [*install, *venv.packages],
+                [*install, "--force-reinstall", "--no-deps", SQLITE_PLUGIN],
             ]
         for argv in commands:
             proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
@@ -102,7 +125,7 @@ def install_venv(venv: Venv, *, log_path: Path) -> None:
                     f"(exit {proc.returncode}); see {log_path}",
                     hint="libvirt-python needs Debian's libvirt-dev and pkg-config",
                 )
-    venv.marker.write_text(json.dumps(list(venv.packages)))
+    venv.marker.write_text(json.dumps(venv.wanted()))
 
 
 def ensure_venvs(root: Path, *, log_path: Path) -> dict[str, Venv]:

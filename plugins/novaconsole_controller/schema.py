@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from novaconsole.dburl import database_name
 from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
@@ -172,6 +172,53 @@ def query_rows(url: str, sql: str) -> list[tuple[Any, ...]] | None:
         raise ConnectionFailure(f"cannot read database {where}: {exc.args[-1]}") from None
     finally:
         conn.close()
+
+
+def same_url(a: str, b: str) -> bool:
+    """Whether two SQLAlchemy URLs name the same database the same way (quoting aside)."""
+    pa, pb = urlsplit(a.strip()), urlsplit(b.strip())
+    return (
+        pa.scheme == pb.scheme
+        and unquote(pa.username or "") == unquote(pb.username or "")
+        and unquote(pa.password or "") == unquote(pb.password or "")
+        and (pa.hostname or "") == (pb.hostname or "")
+        and pa.port == pb.port
+        and pa.path == pb.path
+        and sorted(parse_qsl(pa.query)) == sorted(parse_qsl(pb.query))
+    )
+
+
+def update_rows(url: str, sql: str, params: tuple[Any, ...]) -> None:
+    """Run one parameterised write (``%s`` placeholders) on the database at ``url``."""
+    where = scrub_secrets(url)
+    if url.startswith("sqlite"):
+        path = _sqlite_file(url)
+        try:
+            with sqlite3.connect(path, timeout=30) as conn:
+                conn.execute(sql.replace("%s", "?"), params)
+        except sqlite3.Error as exc:
+            raise ConnectionFailure(f"cannot write {path}: {exc}") from None
+        return
+    import pymysql
+
+    parts = urlsplit(url)
+    try:
+        conn = pymysql.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            database=parts.path.lstrip("/").split("?")[0],
+            connect_timeout=5,
+            autocommit=True,
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+        finally:
+            conn.close()
+    except pymysql.err.MySQLError as exc:
+        raise ConnectionFailure(f"cannot write database {where}: {exc.args[-1]}") from None
 
 
 def schema_revision(url: str) -> str | None:
@@ -386,6 +433,60 @@ class CreateCell1Step(_SchemaStep):
         run_nova_manage(self.site, ctx, "cell_v2", "create_cell", f"--name={CELL1_NAME}")
 
 
+class CellConnectionsStep(_SchemaStep):
+    """The cell mappings point at the databases nova.conf names (a changed URL follows).
+
+    cell0 and cell1 record their database URL when they are mapped; a later change of the
+    URL in nova.conf (a new password, a SQLite option) would leave conductor and the API on
+    the old one. ``nova-manage cell_v2 update_cell`` takes the URL, password included, on
+    its command line, where every process on the host can read it; the step updates the
+    API database's ``cell_mappings`` row itself, with the URL as a query parameter.
+    """
+
+    name = "controller.schema.cell_connections"
+    description = "cell0 and cell1 mappings use nova.conf's database URLs"
+
+    def _wanted(self) -> dict[str, str]:
+        from novaconsole.dburl import connection_url
+
+        return {
+            "cell0": connection_url(self.site, "nova", "nova_cell0"),
+            CELL1_NAME: connection_url(self.site, "nova", "nova"),
+        }
+
+    def _drifted(self, observed: SchemaObserved) -> list[CellMapping]:
+        wanted = self._wanted()
+        drifted = []
+        for cell in observed.cells:
+            name = "cell0" if cell.uuid == CELL0_UUID else cell.name
+            if name in wanted and not same_url(cell.database_connection, wanted[name]):
+                drifted.append(cell)
+        return drifted
+
+    def plan(self, ctx: RunContext, observed: SchemaObserved) -> list[str]:
+        if observed.conf_missing:
+            return []
+        return [
+            f"point cell {'cell0' if c.uuid == CELL0_UUID else c.name} ({c.uuid}) at "
+            "nova.conf's database URL"
+            for c in self._drifted(observed)
+        ]
+
+    def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        observed = self.check(ctx)
+        api_url = configured_databases(self.site).api_url
+        if api_url is None:
+            raise StepFailed(f"{self.site.nova_conf} has no [api_database] connection")
+        wanted = self._wanted()
+        for cell in self._drifted(observed):
+            url = wanted["cell0" if cell.uuid == CELL0_UUID else cell.name]
+            update_rows(
+                api_url,
+                "UPDATE cell_mappings SET database_connection = %s WHERE uuid = %s",
+                (url, cell.uuid),
+            )
+
+
 class DbSyncStep(_SchemaStep):
     """``nova-manage db sync`` (cell0 and the main database), proven by ``list_cells``."""
 
@@ -421,4 +522,10 @@ class DbSyncStep(_SchemaStep):
 
 def schema_steps(site: Site) -> list[Step[Any]]:
     """The guide's order: api_db sync, map_cell0, create_cell cell1, db sync."""
-    return [ApiDbSyncStep(site), MapCell0Step(site), CreateCell1Step(site), DbSyncStep(site)]
+    return [
+        ApiDbSyncStep(site),
+        MapCell0Step(site),
+        CreateCell1Step(site),
+        CellConnectionsStep(site),
+        DbSyncStep(site),
+    ]

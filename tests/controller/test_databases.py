@@ -55,6 +55,16 @@ def test_sqlite_urls_are_absolute(site: Site) -> None:
     assert database_name(url) == "nova_cell0"
 
 
+def test_sqlite_urls_can_name_the_begin_immediate_plugin(site: Site) -> None:
+    site.sqlite_begin_immediate = True
+    url = connection_url(site, "nova", "nova_api")
+    assert url.endswith("/nova_api.sqlite?plugin=novaconsole_sqlite_immediate")
+    assert database_name(url) == "nova_api"
+    site.database_url = "mysql+pymysql://root@db"
+    site.secrets["NOVA_DBPASS"] = "pw"
+    assert "plugin" not in connection_url(site, "nova", "nova_api")  # SQLite only
+
+
 def test_server_url_quotes_the_password_and_names_the_database(site: Site) -> None:
     site.database_url = "mysql+pymysql://root@db.example:3307"
     url = connection_url(site, "nova", "nova_api")

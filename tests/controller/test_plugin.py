@@ -19,6 +19,7 @@ def test_hook_gives_controller_steps_and_the_compute_nodes_shared_conf(site: Sit
         "controller.schema.api_db",
         "controller.schema.map_cell0",
         "controller.schema.cell1",
+        "controller.schema.cell_connections",
         "controller.schema.db",
         "controller.services",
     ]

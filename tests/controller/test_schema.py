@@ -23,6 +23,7 @@ from novaconsole_controller.schema import (
     nova_migrations,
     read_migrations,
     run_nova_manage,
+    same_url,
     schema_steps,
 )
 
@@ -86,7 +87,9 @@ def test_right_way_round_passes(site: Site) -> None:
 def test_plans_without_nova_conf_in_dry_run(site: Site) -> None:
     site.nova_bin_dir = LAB_OPENSTACK_BIN
     report = run_steps(schema_steps(site), RunContext(dry_run=True))
-    assert [r.status for r in report.results] == [Status.PLANNED] * 4
+    planned = Status.PLANNED
+    # No cells yet, so none can point at the wrong database.
+    assert [r.status for r in report.results] == [planned] * 3 + [Status.OK, planned]
     assert report.results[0].changes == [
         f"nova-manage api_db sync (nova.conf {site.nova_conf} is not written yet)"
     ]
@@ -130,12 +133,31 @@ def test_main_schema_in_the_api_database_is_diagnosed_as_swapped(
 def test_full_schema_run_then_zero_changes(nova_site: Site) -> None:
     ctx = RunContext()
     first = run_steps(schema_steps(nova_site), ctx)
-    assert [r.status for r in first.results] == [Status.CHANGED] * 4, first.as_dict()
+    changed, ok = Status.CHANGED, Status.OK
+    # cell_connections: the cells were just mapped with nova.conf's URLs.
+    assert [r.status for r in first.results] == [changed, changed, changed, ok, changed], (
+        first.as_dict()
+    )
     with sqlite3.connect(nova_site.sqlite_dir / "nova_api.sqlite") as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM cell_mappings")}
     assert names == {"cell0", "cell1"}
     second = run_steps(schema_steps(nova_site), RunContext())
-    assert [r.status for r in second.results] == [Status.OK] * 4
+    assert [r.status for r in second.results] == [ok] * 5
+
+    # nova.conf's URLs change (here: the lab's SQLite plugin): the mappings follow.
+    nova_site.sqlite_begin_immediate = True
+    assert run_steps([NovaConfStep(nova_site)], RunContext()).ok
+    moved = run_steps(schema_steps(nova_site), RunContext())
+    assert [r.status for r in moved.results] == [ok, ok, ok, changed, ok], moved.as_dict()
+    assert moved.results[3].changes == [
+        "point cell cell0 (00000000-0000-0000-0000-000000000000) at nova.conf's database URL",
+        f"point cell cell1 ({cell_uuid(nova_site)}) at nova.conf's database URL",
+    ]
+    with sqlite3.connect(nova_site.sqlite_dir / "nova_api.sqlite") as conn:
+        urls = dict(conn.execute("SELECT name, database_connection FROM cell_mappings"))
+    assert urls["cell0"].endswith("nova_cell0.sqlite?plugin=novaconsole_sqlite_immediate")
+    assert urls["cell1"].endswith("/nova.sqlite?plugin=novaconsole_sqlite_immediate")
+    assert [r.status for r in run_steps(schema_steps(nova_site), RunContext()).results] == [ok] * 5
     # The guide's trap, after the fact: sections swapped in nova.conf.
     _swap_sections(nova_site.nova_conf)
     swapped = run_steps(schema_steps(nova_site), RunContext())
@@ -146,6 +168,19 @@ def test_full_schema_run_then_zero_changes(nova_site: Site) -> None:
     # And what nova-manage itself says when run anyway (today: alembic's error).
     with pytest.raises(StepFailed, match="look swapped"):
         run_nova_manage(nova_site, RunContext(), "api_db", "sync")
+
+
+def cell_uuid(site: Site) -> str:
+    with sqlite3.connect(site.sqlite_dir / "nova_api.sqlite") as conn:
+        (uuid,) = conn.execute("SELECT uuid FROM cell_mappings WHERE name = 'cell1'").fetchone()
+    return str(uuid)
+
+
+def test_cell_urls_compare_by_meaning_not_spelling() -> None:
+    a = "mysql+pymysql://nova:p%40ss@db:3306/nova?charset=utf8&x=1"
+    assert same_url(a, "mysql+pymysql://nova:p@ss@db:3306/nova?x=1&charset=utf8")
+    assert not same_url(a, "mysql+pymysql://nova:other@db:3306/nova?charset=utf8&x=1")
+    assert not same_url("sqlite:////a/nova.sqlite", "sqlite:////a/nova.sqlite?plugin=p")
 
 
 @pytest.mark.lab

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from labtools import run_novaconsole
+from labtools import SESSION_START, run_novaconsole
 from systemd_machine import SystemdMachine, can_boot
 
 from novaconsole.lab.config import LabConfig
@@ -63,7 +63,20 @@ def assert_down(state_dir: Path, pids: list[int]) -> None:
     assert json.loads(status.stdout)["services"] == []
 
 
+def locked_lines(log_dir: Path, since: str) -> list[str]:
+    """oslo.log lines saying "database is locked", stamped at or after ``since``."""
+    found = []
+    for log in sorted(log_dir.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if "database is locked" in line and line[:19] >= since and line[:2] == "20":
+                found.append(f"{log.name}: {line[:200]}")
+    return found
+
+
 def test_lab_down_stops_every_process_it_started(lab_state: LabConfig) -> None:
+    # Everything this session did on the SQLite lab (guests booted, consoles opened, services
+    # reporting) went without a single SQLite lock failure (see test_sqlite_immediate.py).
+    assert locked_lines(lab_state.log_dir, SESSION_START) == []
     pids = lab_pids(lab_state.state_dir)
     assert len(pids) >= 12
     assert_down(lab_state.state_dir, pids)
