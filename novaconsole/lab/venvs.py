@@ -61,8 +61,15 @@ class Venv:
         return self.path / ".novaconsole-packages.json"
 
     def wanted(self) -> list[str]:
-        """What the marker records: the package set, and our local project's content."""
-        return [*self.packages, f"{SQLITE_PLUGIN}#{local_project_digest(Path(SQLITE_PLUGIN))}"]
+        """What the marker records: the package set, and our local project by content.
+
+        Not by path: a second checkout of novaconsole with the same plugin must not make
+        every lab venv reinstall (and every database re-sync) when it runs ``lab up``.
+        """
+        digest = local_project_digest(Path(SQLITE_PLUGIN))
+        return [
+            f"{SQLITE_PLUGIN_NAME}#{digest}" if p == SQLITE_PLUGIN else p for p in self.packages
+        ]
 
     def is_current(self) -> bool:
         try:

@@ -233,3 +233,21 @@ def test_services_up_wait_rides_out_a_dropped_connection(monkeypatch: pytest.Mon
     step = lab_steps.ComputeServicesUpStep()
     step.apply(ctx, ["wait for nova-compute@vm to report up"])
     assert api.calls == 3
+
+
+def test_venv_marker_names_our_plugin_by_content_not_by_checkout_path(tmp_path: Path) -> None:
+    from novaconsole.lab.venvs import SQLITE_PLUGIN, lab_venvs, local_project_digest
+
+    venv = lab_venvs(tmp_path)["openstack"]
+    wanted = venv.wanted()
+    assert SQLITE_PLUGIN in venv.packages  # installed from the checkout's directory
+    assert not [p for p in wanted if p.startswith("/")]  # ...but recorded without its path
+    assert [p for p in wanted if p.startswith("novaconsole-sqlite-immediate#")]
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (project / "x.py").write_text("A = 1\n")
+    before = local_project_digest(project)
+    (project / "x.py").write_text("A = 2\n")
+    assert local_project_digest(project) != before
