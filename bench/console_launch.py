@@ -29,6 +29,14 @@ from typing import Any
 from bench._common import CLI_COMMANDS, LAB_OPENSTACK
 
 GOAL_S = 1.0
+#: Kept with every rewrite: the figure moves with the machine's load.
+HISTORY = (
+    "History: 1.48 s (NOT met) on 2026-11-24 02:04, recorded while the machine was loaded "
+    "(1-min load about 3: another lab's tests were running); 0.75 s at 04:10 the same day "
+    "on an idle machine, with bytecode cached for both tools. The only start-up change in "
+    "between is the compute plugin loading its step modules lazily (~10 ms), so most of the "
+    "difference is load: read both figures as the range."
+)
 PANES = ("services", "catalog", "images", "hypervisors")
 
 
@@ -155,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Goal < {GOAL_S:.0f} s: **{verdict}** (median {med(console):.2f} s vs "
         f"{med(cli_totals):.2f} s for the four CLI commands, {med(cli_totals) / med(console):.1f}x).",
+        "",
+        HISTORY,
     ]
     text = "\n".join(lines)
     print(text)

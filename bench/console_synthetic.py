@@ -32,6 +32,13 @@ from textual import events
 from bench.console_results import machine_line, tests_ui_on_path, write_subsection
 
 GOAL_MS = 50.0
+#: Kept with every rewrite: frame pacing moves with the machine's load.
+HISTORY = (
+    "History: p95 72 ms (NOT met; median 44 ms) on 2026-11-24 under load (another lab's "
+    "tests running); p95 36-40 ms (met) in two runs later that day on an idle machine. The "
+    "console's filter code did not change in between; on this shared 2-core machine the p95 is "
+    "Textual's frame pacing competing for a core, so read both figures as the range."
+)
 TYPED = "host-12"  # narrows 10,000 rows step by step (h, ho, hos, ...)
 
 
@@ -195,6 +202,8 @@ def report(res: dict[str, Any], argv: Sequence[str], servers: int, hypervisors: 
         f"Memory (VmRSS): {res['rss_before']:.0f} MiB with the data generated and nothing "
         f"shown; {res['rss_loaded']:.0f} MiB with the console running and every pane loaded "
         f"(+{res['rss_loaded'] - res['rss_before']:.0f} MiB).",
+        "",
+        HISTORY,
     ]
     return "\n".join(lines)
 
