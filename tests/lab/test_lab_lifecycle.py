@@ -176,3 +176,50 @@ def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(tmp_path: Path) ->
     finally:
         if not os.environ.get("NOVACONSOLE_KEEP_LAB_DATABASES"):
             _drop_lab_databases()
+
+
+def _broker_answers() -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+
+def _start_machine_broker() -> None:
+    """Bring back the machine's own broker the way this machine kind starts it."""
+    env = dict(os.environ)
+    env["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1"
+    env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = "-kernel inet_dist_use_interface {127,0,0,1}"
+    subprocess.run(["rabbitmq-server", "-detached"], env=env, check=False, timeout=60)
+    deadline = time.monotonic() + 120
+    while not _broker_answers() and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lab up starts a broker itself only as root")
+def test_lab_starts_a_broker_when_none_answers_and_down_stops_only_that_one(
+    lab_state: LabConfig,
+) -> None:
+    """No broker on 127.0.0.1:5672: lab up (root) starts one, lab down stops it again."""
+    assert not lab_state.rabbit_marker.exists()  # the session's broker was the machine's
+    subprocess.run(["rabbitmqctl", "-q", "stop"], capture_output=True, timeout=120, check=False)
+    try:
+        assert not _broker_answers()
+        up = run_novaconsole("lab", "up")  # not -q: the plan's lines are the evidence
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "start a local rabbitmq-server (none answers on 5672)" in up.stderr
+        assert lab_state.rabbit_marker.exists()
+        assert _broker_answers()
+        verify = run_novaconsole("verify", "--os-cloud", "novaconsole-lab")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert_down(lab_state.state_dir, lab_pids(lab_state.state_dir))
+        assert not lab_state.rabbit_marker.exists()
+        deadline = time.monotonic() + 60
+        while _broker_answers() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not _broker_answers()
+    finally:
+        if not _broker_answers():
+            _start_machine_broker()
+    assert _broker_answers()
