@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from novaconsole.errors import ConfigError
@@ -132,6 +132,30 @@ def connection_url(site: Site, service: str, database: str | None = None) -> str
     )
 
 
+def sqlite_file(url: str) -> Path:
+    """The file a ``sqlite:///`` URL names (its ``?options`` dropped)."""
+    return Path(url.split(":///", 1)[-1].split("?", 1)[0])
+
+
+def mysql_connect(url: str, *, autocommit: bool = False) -> Any:
+    """A PyMySQL connection for a ``mysql+pymysql://`` URL (5 s to connect).
+
+    PyMySQL's errors propagate: each caller reports them in its own terms (and scrubs them).
+    """
+    import pymysql
+
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=parts.path.lstrip("/") or None,
+        connect_timeout=5,
+        autocommit=autocommit,
+    )
+
+
 def database_name(url: str) -> str | None:
     """The database a SQLAlchemy URL points at (file stem for SQLite), or None."""
     try:
@@ -139,8 +163,8 @@ def database_name(url: str) -> str | None:
     except ValueError:
         return None
     if parts.scheme.startswith("sqlite"):
-        path = url.split(":///", 1)[-1].split("?", 1)[0]
-        return Path(path).stem if path else None
+        path = sqlite_file(url)
+        return path.stem if str(path) not in ("", ".") else None
     name = parts.path.lstrip("/")
     return name or None
 

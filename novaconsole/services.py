@@ -334,17 +334,7 @@ class Supervisor(ServiceKeeper):
             self.ctl("stop", "all", check=False)
             self.ctl("shutdown", check=False)
             pids.append(daemon)
-        deadline = time.monotonic() + timeout
-        alive = pids
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if _alive(p)]
-            if alive:
-                time.sleep(0.2)
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-        return [p for p in alive if _alive(p)]
+        return reap(pids, timeout)
 
 
 #: Marks our unit files, and which state directory (which lab or site) each belongs to.
@@ -627,17 +617,7 @@ class SystemdUnits(ServiceKeeper):
             self.unit_path(name).unlink(missing_ok=True)
         self.ctl("daemon-reload", check=False)
         self.ctl("reset-failed", *units, check=False)
-        deadline = time.monotonic() + timeout
-        alive = pids
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if _alive(p)]
-            if alive:
-                time.sleep(0.2)
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-        return [p for p in alive if _alive(p)]
+        return reap(pids, timeout)
 
 
 def choose_service_manager(wanted: str, state_dir: Path, *, booted: bool | None = None) -> str:
@@ -744,6 +724,21 @@ def wsgi_service(
         f"{shim_name}:application",
     )
     return ServiceSpec(name=name, argv=argv, env=dict(env), port=port, stop_wait=15, watch=(shim,))
+
+
+def reap(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` for ``pids`` to end, SIGKILL the rest; return any still alive."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.2)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    return [p for p in alive if _alive(p)]
 
 
 def port_owner(host: str, port: int) -> bool:

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from novaconsole.dburl import mysql_connect, sqlite_file
 from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
 from novaconsole.iniconf import IniDocument
 from novaconsole.redact import scrub_secrets
@@ -55,8 +56,8 @@ def host_mapping(api_db_url: str, host: str) -> str | None:
     except ValueError:
         raise ConfigError("[api_database] connection in nova.conf is not a valid URL") from None
     if parts.scheme.startswith("sqlite"):
-        path = api_db_url.split(":///", 1)[-1].split("?", 1)[0]
-        if not path or not Path(path).exists():
+        path = sqlite_file(api_db_url)
+        if not path.name or not path.exists():
             return None
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -74,14 +75,7 @@ def host_mapping(api_db_url: str, host: str) -> str | None:
 
         where = f"{parts.hostname}:{parts.port or 3306}/{parts.path.lstrip('/')}"
         try:
-            conn = pymysql.connect(
-                host=parts.hostname or "127.0.0.1",
-                port=parts.port or 3306,
-                user=unquote(parts.username or ""),
-                password=unquote(parts.password or ""),
-                database=parts.path.lstrip("/"),
-                connect_timeout=5,
-            )
+            conn = mysql_connect(api_db_url)
         except pymysql.MySQLError as exc:
             raise ConnectionFailure(
                 f"cannot connect to Nova API database {where}: {scrub_secrets(str(exc))}"

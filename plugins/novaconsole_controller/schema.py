@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from novaconsole.dburl import database_name
+from novaconsole.dburl import database_name, mysql_connect, sqlite_file
 from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
 from novaconsole.iniconf import IniDocument
 from novaconsole.redact import scrub_secrets
@@ -122,15 +122,11 @@ def nova_migrations(site: Site) -> dict[str, Migrations]:
 # -- reading the databases ----------------------------------------------------------
 
 
-def _sqlite_file(url: str) -> Path:
-    return Path(url.split(":///", 1)[1].split("?", 1)[0])
-
-
 def query_rows(url: str, sql: str) -> list[tuple[Any, ...]] | None:
     """Rows of ``sql`` on ``url``; None when the database or table does not exist."""
     where = scrub_secrets(url)
     if url.startswith("sqlite"):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if not path.exists() or path.stat().st_size == 0:
             return None
         try:
@@ -142,16 +138,8 @@ def query_rows(url: str, sql: str) -> list[tuple[Any, ...]] | None:
             raise ConnectionFailure(f"cannot read {path}: {exc}") from None
     import pymysql
 
-    parts = urlsplit(url)
     try:
-        conn = pymysql.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-            database=parts.path.lstrip("/").split("?")[0],
-            connect_timeout=5,
-        )
+        conn = mysql_connect(url)
     except pymysql.err.OperationalError as exc:
         code = exc.args[0] if exc.args else None
         if code == 1049:  # unknown database
@@ -192,7 +180,7 @@ def update_rows(url: str, sql: str, params: tuple[Any, ...]) -> None:
     """Run one parameterised write (``%s`` placeholders) on the database at ``url``."""
     where = scrub_secrets(url)
     if url.startswith("sqlite"):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         try:
             with sqlite3.connect(path, timeout=30) as conn:
                 conn.execute(sql.replace("%s", "?"), params)
@@ -201,17 +189,8 @@ def update_rows(url: str, sql: str, params: tuple[Any, ...]) -> None:
         return
     import pymysql
 
-    parts = urlsplit(url)
     try:
-        conn = pymysql.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-            database=parts.path.lstrip("/").split("?")[0],
-            connect_timeout=5,
-            autocommit=True,
-        )
+        conn = mysql_connect(url, autocommit=True)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
