@@ -91,8 +91,9 @@ class ServiceKeeper(ABC):
 
     @abstractmethod
     def apply(self, restart: Iterable[str] = ()) -> None:
-        """Start every installed service that is not running; restart changed ones and
-        those named in ``restart``."""
+        """Put what :meth:`install` wrote into effect: start new services, restart changed
+        ones and those named in ``restart``. (systemd also starts any installed service
+        that is down; supervisord leaves a stopped, unchanged one to ``restart``.)"""
 
     @abstractmethod
     def status(self) -> dict[str, ServiceState]:
