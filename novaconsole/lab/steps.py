@@ -144,7 +144,9 @@ class RabbitStep(Step[dict[str, bool]]):
 
     def plan(self, ctx: RunContext, observed: dict[str, bool]) -> list[str]:
         changes = []
-        if not observed["up"]:
+        if not observed["up"] and not shutil.which("rabbitmq-server"):
+            changes.append("install rabbitmq-server (Debian) and start it (none answers on 5672)")
+        elif not observed["up"]:
             changes.append("start a local rabbitmq-server (none answers on 5672)")
         if not observed["auth"]:
             changes.append(f"create or reset RabbitMQ user {RABBIT_USER}")

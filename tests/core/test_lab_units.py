@@ -251,3 +251,20 @@ def test_venv_marker_names_our_plugin_by_content_not_by_checkout_path(tmp_path: 
     before = local_project_digest(project)
     (project / "x.py").write_text("A = 2\n")
     assert local_project_digest(project) != before
+
+
+def test_broker_plan_says_whether_it_installs_or_only_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from novaconsole.lab.steps import RabbitStep
+
+    step = RabbitStep(LabConfig(state_dir=tmp_path), "pw")
+    down = {"up": False, "auth": False, "perms": False}
+    monkeypatch.setattr("novaconsole.lab.steps.shutil.which", lambda _name: None)
+    assert step.plan(RunContext(), down)[0] == (
+        "install rabbitmq-server (Debian) and start it (none answers on 5672)"
+    )
+    monkeypatch.setattr("novaconsole.lab.steps.shutil.which", lambda name: f"/usr/sbin/{name}")
+    assert (
+        step.plan(RunContext(), down)[0] == "start a local rabbitmq-server (none answers on 5672)"
+    )
