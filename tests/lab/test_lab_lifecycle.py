@@ -94,7 +94,9 @@ def _drop_lab_databases() -> None:
 @pytest.mark.mariadb
 @pytest.mark.systemd
 @pytest.mark.skipif(can_boot() is not None, reason=str(can_boot()))
-def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(tmp_path: Path) -> None:
+def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(
+    tmp_path: Path, openstack_cli: Path
+) -> None:
     """The guide's MariaDB path, with every service a systemd unit (a real systemd as PID 1).
 
     The lab runs inside a throw-away systemd machine (tests/systemd_machine.py) that shares
@@ -146,6 +148,19 @@ def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(tmp_path: Path) ->
             rerun = run("lab", "up", "-f", "json", "--state-dir", str(state))
             assert rerun.returncode == 0, rerun.stderr[-2000:]
             assert json.loads(rerun.stdout)["changed"] == 0
+
+            # A KVM guest, started by the libvirtd unit (QEMU lands in that unit's cgroup).
+            boot = machine.run(
+                str(openstack_cli), "--os-cloud", "novaconsole-lab", "server", "create",
+                "--image", "novaconsole-test-raw", "--flavor", "nc.tiny", "--nic", "none",
+                "--wait", "systemd-guest", "-f", "value", "-c", "status",
+                timeout=300,
+            )  # fmt: skip
+            assert boot.stdout.strip() == "ACTIVE", boot.stdout + boot.stderr[-2000:]
+            qemu = machine.run("pgrep", "-f", "qemu-system").stdout.split()
+            assert qemu
+            cgroup = machine.run("cat", f"/proc/{qemu[0]}/cgroup").stdout
+            assert "/system.slice/novaconsole-lab-libvirtd.service" in cgroup
 
             # systemd, not novaconsole, brings a crashed service back.
             unit = "novaconsole-lab-nova-scheduler.service"
