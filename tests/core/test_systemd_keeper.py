@@ -180,9 +180,12 @@ def test_a_service_that_keeps_failing_is_reported_with_its_log(machine: SystemdM
 
 
 def test_machine_writes_nothing_outside_its_shared_directory(machine: SystemdMachine) -> None:
-    """The harness itself: units written inside never reach this machine's /etc."""
+    """The harness itself: what is written inside never reaches this machine's files."""
     assert machine.run("test", "-d", "/run/systemd/system").returncode == 0
-    assert not Path("/run/systemd/system").exists()
+    probe = "/etc/systemd/system/novaconsole-test-probe.target"
+    assert machine.run("sh", "-c", f"echo '[Unit]' > {probe}").returncode == 0
+    assert machine.run("test", "-f", probe).returncode == 0
+    assert not Path(probe).exists()
     assert not list(Path("/etc/systemd/system").glob("novaconsole-test-*"))
     # And PID 1 in there is systemd, not this machine's init.
     assert machine.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
