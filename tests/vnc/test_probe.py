@@ -339,6 +339,19 @@ def rfb_peers() -> Iterator[RfbPeers]:
     loop.close()
 
 
+def _listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """Wait until 127.0.0.1:``port`` accepts, or ``proc`` exits (start-up readiness only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -386,16 +399,9 @@ def qemu_vnc_port() -> Iterator[int | None]:
     )
     port = 5900 + display
     try:
-        deadline = time.monotonic() + 60  # start-up readiness, not a speed assertion
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    stderr = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"QEMU did not start its VNC server: {stderr}")
-                time.sleep(0.05)
+        if not _listening(port, proc):
+            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"QEMU did not start its VNC server: {stderr}")
         yield port
     finally:
         proc.kill()
@@ -447,15 +453,8 @@ def websockify_proxy(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60  # start-up readiness, not a speed assertion
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"websockify did not start: {log.read_text()}")
-                time.sleep(0.05)
+        if not _listening(port, proc):
+            pytest.fail(f"websockify did not start: {log.read_text()}")
         yield Proxy(port, log)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # websockify forks one child per connection
