@@ -518,6 +518,8 @@ class SystemdUnits(ServiceKeeper):
             )
         except FileNotFoundError:
             raise ConfigError(f"{self.systemctl} not found (service_manager systemd)") from None
+        except subprocess.TimeoutExpired:
+            raise NovaconsoleError(f"systemctl {' '.join(args)} did not return in 300 s") from None
         if check and proc.returncode != 0:
             raise NovaconsoleError(
                 f"systemctl {' '.join(args)} failed (exit {proc.returncode}): "
