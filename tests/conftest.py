@@ -8,6 +8,7 @@ down and are moved to the very end of the session.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def lab_state() -> LabConfig:
     """The lab's configuration, after making sure ``lab up`` has converged."""
     config = LabConfig.load(default_state_dir())
+    if os.environ.get("NOVACONSOLE_TEST_LAB_AS_IS") == "1":
+        # Development on a shared lab: use it as it runs, do not converge it to this
+        # checkout's steps (another checkout may own it). CI never sets this.
+        return config
     proc = run_novaconsole("lab", "up", "-q")
     # Keep the run's output for the record (pytest shows it on failure).
     (config.state_dir / "last-lab-up.log").write_text(proc.stderr)
