@@ -43,7 +43,10 @@ class LineReporter:
         self.stream.flush()
 
     def log(self, line: str) -> None:
-        self.stream.write(f"  {line}\n")
+        # On a TTY the running step's name is still on this line (``started`` ends it
+        # with a carriage return): clear it, or its tail shows after a shorter line.
+        clear = "\033[K" if self._tty else ""
+        self.stream.write(f"  {line}{clear}\n")
         self.stream.flush()
 
 
