@@ -80,8 +80,10 @@ class NovaConsoleApp(App[int]):
 
     TITLE = "novaconsole"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("colon", "command_mode", "Command", key_display=":"),
-        Binding("slash", "filter_mode", "Filter", key_display="/"),
+        # Priority, so ``:``/``/`` move focus to the prompt before the keys typed after
+        # them are handed to the table (type-ahead: see ``check_action``).
+        Binding("colon", "command_mode", "Command", key_display=":", priority=True),
+        Binding("slash", "filter_mode", "Filter", key_display="/", priority=True),
         Binding("r", "refresh_pane", "Refresh"),
         Binding("o", "sort", "Sort"),
         Binding("O", "sort(True)", "Reverse", show=False),
@@ -130,6 +132,18 @@ class NovaConsoleApp(App[int]):
             taken.add(spec.name)
             self.pane_classes.append(cls)
         self.active_pane_name = self.pane_classes[0].pane_name
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``:`` and ``/`` open the prompt only on the main screen, outside any input.
+
+        They are priority bindings: the app runs them as the key arrives, before it
+        forwards the keys queued behind them, so a burst like ``:cat`` + Enter lands in
+        the prompt in order. Anywhere a key is text (the prompt itself, a reason field,
+        a modal screen), the binding stands aside and the key goes on as typed.
+        """
+        if action in ("command_mode", "filter_mode"):
+            return self.screen is self.screen_stack[0] and not isinstance(self.focused, Input)
+        return True
 
     def _add_theme(self, theme: Theme) -> None:
         self.register_theme(theme)

@@ -95,7 +95,10 @@ class PromptBar(Horizontal):
         self.input.value = value
         self.input.cursor_position = len(value)
         self.add_class("-open")
-        self.input.focus()
+        # Focus now, not through ``focus()``: that defers the change to a callback queued
+        # behind keys already waiting (type-ahead after ``:``), which would then reach the
+        # table instead of the prompt. ``set_focus`` here keeps every queued key in order.
+        self.screen.set_focus(self.input)
 
     def close(self) -> None:
         self.remove_class("-open")

@@ -499,3 +499,36 @@ async def test_header_shows_the_refresh_time_after_a_manual_refresh(fake_app: Ap
         await settle(pilot)
         header = str(app.query_one("#header").render())
         assert f"refreshed {later:%H:%M:%S}" in header
+
+
+async def test_keys_typed_in_one_burst_after_colon_or_slash_land_in_the_prompt(
+    fake_app: AppFactory,
+) -> None:
+    """Type-ahead (a fast typist, a paste, ``tmux send-keys``) is never lost.
+
+    The keys are queued all at once, before the app has handled any of them, which is
+    what a terminal delivers for ``:cat`` + Enter sent in one write.
+    """
+    from textual import events
+
+    def burst(app: NovaConsoleApp, keys: list[tuple[str, str | None]]) -> None:
+        for key, char in keys:
+            app.post_message(events.Key(key, char))
+
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        burst(
+            app,
+            [("colon", ":"), ("c", "c"), ("a", "a"), ("t", "t"), ("enter", "\r")],
+        )
+        await settle(pilot)
+        assert app.active_pane_name == "catalog"
+        assert not isinstance(app.screen, TextScreen)  # Enter did not open a details view
+        burst(app, [("slash", "/"), *[(c, c) for c in "public"], ("enter", "\r")])
+        await settle(pilot)
+        assert app.active_pane.filter_text == "public"
+        # Inside the prompt ``/`` and ``:`` are text, not new prompts.
+        burst(app, [("slash", "/"), ("a", "a"), ("slash", "/"), ("colon", ":"), ("b", "b")])
+        await settle(pilot)
+        assert app.active_pane.filter_text == "publica/:b"  # / edits the filter it shows
