@@ -40,6 +40,11 @@ OPENSTACK_PACKAGES = (
 NEUTRON_PACKAGES = ("neutron==29.0.0", "gunicorn", "PyMySQL", "python-memcached", SQLITE_PLUGIN)
 
 
+#: Every package of each venv pinned, for the release above (``.ci/locks.py`` writes them):
+#: a new oslo or SQLAlchemy release must not change the lab under us.
+CONSTRAINTS_DIR = Path(__file__).resolve().parent / "constraints"
+
+
 @dataclass(frozen=True)
 class Venv:
     """One lab venv."""
@@ -57,6 +62,10 @@ class Venv:
         return self.bin / "python"
 
     @property
+    def constraints(self) -> Path:
+        return CONSTRAINTS_DIR / f"{self.name}.txt"
+
+    @property
     def marker(self) -> Path:
         return self.path / ".novaconsole-packages.json"
 
@@ -67,8 +76,10 @@ class Venv:
         every lab venv reinstall (and every database re-sync) when it runs ``lab up``.
         """
         digest = local_project_digest(Path(SQLITE_PLUGIN))
+        pins = hashlib.sha256(self.constraints.read_bytes()).hexdigest()[:16]
         return [
-            f"{SQLITE_PLUGIN_NAME}#{digest}" if p == SQLITE_PLUGIN else p for p in self.packages
+            *(f"{SQLITE_PLUGIN_NAME}#{digest}" if p == SQLITE_PLUGIN else p for p in self.packages),
+            f"constraints#{pins}",
         ]
 
     def is_current(self) -> bool:
@@ -108,20 +119,22 @@ def install_venv(venv: Venv, *, log_path: Path) -> None:
     """Create ``venv`` and install its packages (uv if available, else pip)."""
     uv = _uv()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    # Our pins only: a hatch environment's own UV_CONSTRAINT must not leak into the lab.
+    env = {k: v for k, v in os.environ.items() if k not in ("UV_CONSTRAINT", "PIP_CONSTRAINT")}
+    pins = ["-c", str(venv.constraints)]
     with log_path.open("ab") as log:
         # Our local project keeps its version when its code changes: always rebuild it.
         if uv:
             install = [uv, "pip", "install", "-q", "--python", str(venv.python)]
             commands = [
                 [uv, "venv", "--allow-existing", "-q", "-p", sys.executable, str(venv.path)],
-                [*install, "--reinstall-package", SQLITE_PLUGIN_NAME, *venv.packages],
+                [*install, *pins, "--reinstall-package", SQLITE_PLUGIN_NAME, *venv.packages],
             ]
         else:
             install = [str(venv.python), "-m", "pip", "install", "-q"]
             commands = [
                 [sys.executable, "-m", "venv", str(venv.path)],
-                [*install, *venv.packages],
+                [*install, *pins, *venv.packages],
                 [*install, "--force-reinstall", "--no-deps", SQLITE_PLUGIN],
             ]
         for argv in commands:

@@ -268,3 +268,29 @@ def test_broker_plan_says_whether_it_installs_or_only_starts(
     assert (
         step.plan(RunContext(), down)[0] == "start a local rabbitmq-server (none answers on 5672)"
     )
+
+
+def test_every_lab_venv_is_pinned_by_a_constraints_file_recorded_by_content(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    from novaconsole.lab.venvs import lab_venvs
+
+    for venv in lab_venvs(tmp_path).values():
+        pins = dict(
+            line.split("==", 1)
+            for line in venv.constraints.read_text().splitlines()
+            if "==" in line
+        )
+        for package in venv.packages:
+            if package.startswith("/"):
+                continue  # our own SQLite plugin, part of this repository
+            name, _, version = package.partition("==")
+            key = re.sub(r"[-_.]+", "-", name).lower()
+            assert key in pins, f"{package} is not pinned in {venv.constraints.name}"
+            if version:
+                assert pins[key] == version, f"{venv.constraints.name} pins {key}=={pins[key]}"
+        # A changed pin list must reinstall the venv (and re-run the db syncs keyed on it).
+        recorded = [p for p in venv.wanted() if p.startswith("constraints#")]
+        assert len(recorded) == 1
