@@ -137,23 +137,26 @@ class DebianPackage:
         return f"{self.name}={self.version}"
 
 
-def _apt_show(spec: str) -> dict[str, str]:
-    """``apt-cache show`` of one candidate version, as fields (empty when unknown)."""
+def _apt_show(*names: str) -> dict[str, dict[str, str]]:
+    """``apt-cache show`` of each package's candidate version: its fields, by package name
+    (one call for all: apt-cache spends seconds loading its cache)."""
     proc = subprocess.run(
-        ["apt-cache", "show", "--no-all-versions", spec],
+        ["apt-cache", "show", "--no-all-versions", *names],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    fields: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        if not line or line.startswith(" "):
-            continue
-        key, sep, value = line.partition(":")
-        if sep and key not in fields:
-            fields[key] = value.strip()
-    return fields if proc.returncode == 0 else {}
+    found: dict[str, dict[str, str]] = {}
+    for stanza in proc.stdout.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith(" ") and key not in fields:
+                fields[key] = value.strip()
+        if fields.get("Package") in names:
+            found.setdefault(fields["Package"], fields)
+    return found
 
 
 def kernel_package_from_depends(depends: str) -> str | None:
@@ -167,13 +170,14 @@ def kernel_package_from_depends(depends: str) -> str | None:
 
 def resolve_packages() -> list[DebianPackage] | None:
     """The kernel and busybox packages apt would install now, or None if apt knows neither."""
-    meta = _apt_show(KERNEL_META_PACKAGE)
+    meta = _apt_show(KERNEL_META_PACKAGE).get(KERNEL_META_PACKAGE, {})
     kernel_name = kernel_package_from_depends(meta.get("Depends", ""))
     if kernel_name is None:
         return None
+    shown = _apt_show(kernel_name, BUSYBOX_PACKAGE)
     out = []
     for name in (kernel_name, BUSYBOX_PACKAGE):
-        fields = _apt_show(name)
+        fields = shown.get(name, {})
         if not fields.get("Version"):
             return None
         out.append(DebianPackage(name, fields["Version"], fields.get("Architecture", "amd64")))

@@ -187,9 +187,7 @@ def kvm_provider(sys_module: Path = Path("/sys/module")) -> str:
     return ""
 
 
-def probe_kvm(
-    device: Path = Path("/dev/kvm"), sys_module: Path = Path("/sys/module")
-) -> KvmProbe:
+def probe_kvm(device: Path = Path("/dev/kvm"), sys_module: Path = Path("/sys/module")) -> KvmProbe:
     """Open ``device``, ask for the KVM API version and create (and drop) an empty VM."""
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)

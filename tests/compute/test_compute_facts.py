@@ -19,8 +19,8 @@ from novaconsole_compute.facts import (
     decide_driver,
     decide_virt_type,
     host_facts,
-    libvirt_socket_answers,
     kvm_provider,
+    libvirt_socket_answers,
     probe_kvm,
     read_cpuinfo,
 )
