@@ -151,3 +151,50 @@ def test_vnc_probe_reaches_the_guest(guest_server: GuestServer) -> None:
     assert handshake.width > 0
     assert handshake.height > 0
     assert guest_server.server.instance_name in handshake.name
+
+
+def _screenshot(domain: str) -> bytes:
+    """The guest's screen as libvirt takes it (the same framebuffer VNC serves), PNG."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/screen"
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "screenshot", domain, path],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def test_text_console_shows_a_shell_that_takes_keys(guest_server: GuestServer) -> None:
+    """tty1 is the Linux text console on the guest's screen, with a shell reading keys."""
+    import struct
+    import subprocess
+
+    domain = guest_server.server.instance_name
+    # The text cursor blinks: every state the idle screen shows counts as "before".
+    before = set()
+    for _ in range(4):
+        before.add(_screenshot(domain))
+        time.sleep(0.5)
+    first = next(iter(before))
+    assert first.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", first[16:24])
+    assert (width, height) == (720, 400)  # VGA text mode: 80x25 cells of 9x16
+    keys = ["KEY_E", "KEY_C", "KEY_H", "KEY_O", "KEY_SPACE", "KEY_H", "KEY_I", "KEY_ENTER"]
+    subprocess.run(
+        ["virsh", "-c", "qemu:///system", "send-key", domain, *keys],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    deadline = time.monotonic() + SHELL_DEADLINE
+    after = _screenshot(domain)
+    while after in before and time.monotonic() < deadline:
+        time.sleep(1)
+        after = _screenshot(domain)
+    assert after not in before, "the screen did not change after typing on tty1"
