@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,13 +139,16 @@ class DebianPackage:
 def _apt_show(*names: str) -> dict[str, dict[str, str]]:
     """``apt-cache show`` of each package's candidate version: its fields, by package name
     (one call for all: apt-cache spends seconds loading its cache)."""
-    proc = subprocess.run(
-        ["apt-cache", "show", "--no-all-versions", *names],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            ["apt-cache", "show", "--no-all-versions", *names],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}  # not a Debian host (apply says so), or apt is locked up
     found: dict[str, dict[str, str]] = {}
     for stanza in proc.stdout.split("\n\n"):
         fields: dict[str, str] = {}
@@ -219,6 +221,12 @@ class GuestPackagesStep(Step[list[str]]):
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         packages = self.wanted(ctx)
+        if packages is None and shutil.which("apt-get") is None:
+            raise StepFailed(
+                "the lab's guest is built from Debian packages, and apt-get is not here",
+                hint=f"run lab up on Debian, or put {KERNEL_META_PACKAGE}'s kernel and "
+                f"{BUSYBOX_PACKAGE} .deb files in {self.cache}",
+            )
         if packages is None:
             run_quiet(
                 ["apt-get", "update", "-qq"],
@@ -279,31 +287,38 @@ def build_key(package_digests: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def deb_members(deb: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-    """Stream the members of a .deb's data archive (no unpacking of the whole package)."""
+def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
+    """(name, content) of the first regular file in ``deb`` whose path matches ``pattern``.
+
+    The package's data archive is streamed through ``dpkg-deb --fsys-tarfile`` and read
+    until the file turns up (the kernel package's modules are never unpacked).
+    """
+    broken = StepFailed(
+        f"{deb} is not a readable Debian package",
+        hint="delete it; lab up downloads it again",
+    )
     proc = subprocess.Popen(
         ["dpkg-deb", "--fsys-tarfile", str(deb)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
             for member in archive:
-                yield member, archive
+                name = member.name.removeprefix("./")
+                if member.isfile() and re.fullmatch(pattern, name):
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        return name, handle.read()
+    except (tarfile.TarError, OSError) as exc:
+        raise broken from exc
     finally:
         proc.stdout.close()
         proc.kill()
-        proc.wait()
-
-
-def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
-    """(name, content) of the first regular file in ``deb`` whose path matches ``pattern``."""
-    for member, archive in deb_members(deb):
-        if member.isfile() and re.fullmatch(pattern, member.name.lstrip("./")):
-            handle = archive.extractfile(member)
-            if handle is not None:
-                return member.name.lstrip("./"), handle.read()
+        code = proc.wait()
+    if code not in (0, -9):
+        raise broken
     raise StepFailed(f"{deb.name} has no file matching {pattern}")
 
 
@@ -605,12 +620,19 @@ def guest_steps(config: LabConfig) -> list[Step[Any]]:
     ]
 
 
-def guest_status(config: LabConfig) -> dict[str, str]:
-    """What ``lab status`` says about the guest."""
+def guest_status(config: LabConfig, compute: dict[str, str] | None = None) -> dict[str, str]:
+    """What ``lab status`` says about the guest (and, from the compute facts, what it runs on)."""
     build = GuestBuild.load(config.guest_dir)
     if build is None:
         return {"guest": f"not built (lab up builds it into {config.guest_dir})"}
-    return {
-        "guest": f"image {GUEST_IMAGE}: Linux {build.kernel_release} + busybox initramfs, "
-        f"build {build.key[:12]} in {config.guest_dir}",
+    out = {
+        "guest": f"image {GUEST_IMAGE} (flavor {GUEST_FLAVOR}): Linux {build.kernel_release} "
+        f"+ busybox initramfs, build {build.key[:12]} in {config.guest_dir}",
     }
+    compute = compute or {}
+    if compute.get("driver") == "libvirt" and compute.get("virt_type"):
+        accel = "KVM" if compute["virt_type"] == "kvm" else "QEMU emulation (TCG)"
+        out["guest_runs_on"] = (
+            f"{accel}, [libvirt] virt_type = {compute['virt_type']} (why: virt_type_reason)"
+        )
+    return out

@@ -261,7 +261,7 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
         "database": "sqlite" if config.db_url is None else _redacted_db(config.db_url),
         "services": rows,
         "compute": facts,
-        "guest": guest_status(config),
+        "guest": guest_status(config, facts),
         "services_kept_by": keeper.describe(),
         "supervisor_pid": keeper.manager_pid(),
     }

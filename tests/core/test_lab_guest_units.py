@@ -161,6 +161,9 @@ def test_build_step_builds_once_then_changes_nothing(config: LabConfig) -> None:
     assert build["kernel_release"] == "9.9.9-test-amd64"
     status = guest_status(config)["guest"]
     assert GUEST_IMAGE in status
+    assert guest_status(config, {"driver": "libvirt", "virt_type": "qemu"})[
+        "guest_runs_on"
+    ].startswith("QEMU emulation (TCG), [libvirt] virt_type = qemu")
     assert "Linux 9.9.9-test-amd64" in status
 
 
@@ -292,3 +295,23 @@ def test_images_wait_for_the_build(config: LabConfig) -> None:
     assert _plan(config, GuestImagesObserved(None, {})) == [
         f"upload {GUEST_IMAGE} once the guest is built"
     ]
+
+
+def test_a_broken_cached_package_is_one_clear_error(config: LabConfig) -> None:
+    _cache_debs(config)
+    (config.guest_cache_dir / KERNEL.filename).write_bytes(b"not a deb, half a download")
+    result = run_step(GuestBuildStep(config, GuestPackagesStep(config)), context())
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert f"{KERNEL.filename} is not a readable Debian package" in result.error
+    assert not (config.guest_dir / "build.json").exists()  # nothing half-built
+
+
+def test_a_package_without_the_file_is_named(config: LabConfig) -> None:
+    config.guest_cache_dir.mkdir(parents=True)
+    make_deb(config.guest_cache_dir, KERNEL, {"usr/share/doc/x": b"no kernel here"})
+    make_deb(config.guest_cache_dir, BUSYBOX, {"bin/busybox": b"bb"})
+    result = run_step(GuestBuildStep(config, GuestPackagesStep(config)), context())
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert "has no file matching boot/vmlinuz-" in result.error
