@@ -224,8 +224,8 @@ class GuestPackagesStep(Step[list[str]]):
         if packages is None and shutil.which("apt-get") is None:
             raise StepFailed(
                 "the lab's guest is built from Debian packages, and apt-get is not here",
-                hint=f"run lab up on Debian, or put {KERNEL_META_PACKAGE}'s kernel and "
-                f"{BUSYBOX_PACKAGE} .deb files in {self.cache}",
+                hint=f"run lab up on a Debian host (apt-get download {KERNEL_META_PACKAGE}'s "
+                f"kernel and {BUSYBOX_PACKAGE})",
             )
         if packages is None:
             run_quiet(
