@@ -18,6 +18,8 @@ have /usr/share/novnc/vnc_lite.html || need+=(novnc)
 have /usr/sbin/mariadbd || need+=(mariadb-server)
 have /usr/sbin/rabbitmq-server || need+=(rabbitmq-server)
 command -v tmux >/dev/null || need+=(tmux)
+# Tests check the lab guest's initramfs writer against GNU cpio (the lab itself needs no cpio).
+command -v cpio >/dev/null || need+=(cpio)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -101,6 +101,15 @@ class Site:
     vnc_server_listen: str | None = None
     #: ``[vnc] novncproxy_base_url``; ``None``: http://CONTROLLER:PORT/vnc_auto.html.
     novncproxy_base_url: str | None = None
+    #: Nova's serial console: ``[serial_console]`` on the compute node (enabled,
+    #: port_range, base_url, proxyclient_address) and nova-serialproxy on the controller.
+    #: Off by default, as in Nova and the install guide.
+    serial_console: bool = False
+    serialproxy_port: int = 6083
+    #: ``[serial_console] port_range``: TCP ports guests' serial backends listen on.
+    serial_port_range: str = "10000:20000"
+    #: ``[serial_console] base_url``; ``None``: ws://CONTROLLER:SERIALPROXY_PORT/.
+    serialproxy_base_url: str | None = None
     #: Seconds to wait for the compute host to register and be mapped to a cell.
     discover_timeout: int = 120
     #: Admin cloud (clouds.yaml name) for Keystone steps; ``None``: the ``OS_*`` environment.
@@ -172,6 +181,10 @@ _SCALARS: dict[str, type] = {
     "libvirt_cpu_model_extra_flags": str,
     "vnc_server_listen": str,
     "novncproxy_base_url": str,
+    "serial_console": bool,
+    "serialproxy_port": int,
+    "serial_port_range": str,
+    "serialproxy_base_url": str,
     "discover_timeout": int,
     "os_cloud": str,
     "services_dir": Path,
@@ -212,13 +225,22 @@ def site_from_mapping(
             raise ConfigError(f"{source}: unknown setting {key!r}")
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{source}: {key} must be an integer, not {value!r}")
-        if kind is not int and not isinstance(value, str):
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
+        if kind not in (int, bool) and not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
         setattr(site, key, kind(value))
     for key in ("controller_host", "my_ip", "rabbit_host"):
         valid_host(getattr(site, key), f"{key} in {source}")
     if site.virt_type not in ("auto", "kvm", "qemu"):
         raise ConfigError(f"{source}: virt_type must be auto, kvm or qemu, not {site.virt_type!r}")
+    if not re.fullmatch(r"\d+:\d+", site.serial_port_range) or int(
+        site.serial_port_range.split(":")[0]
+    ) > int(site.serial_port_range.split(":")[1]):
+        raise ConfigError(
+            f"{source}: serial_port_range must be LOW:HIGH (e.g. 10000:20000), "
+            f"not {site.serial_port_range!r}"
+        )
     if site.compute_driver not in ("auto", "libvirt", "fake"):
         raise ConfigError(f"{source}: compute_driver must be auto, libvirt or fake")
     if site.service_manager not in SERVICE_MANAGERS:

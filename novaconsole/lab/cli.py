@@ -73,7 +73,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
         if status["services"]:
             print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
-        for key, value in status["compute"].items():
+        for key, value in [*status["compute"].items(), *status["guest"].items()]:
             print(f"{key}: {value}")
     return EXIT_OK if status["up"] else EXIT_CHECK_FAILED
 

@@ -21,6 +21,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "neutron": 9696,
     "nova-api": 8774,
     "novncproxy": 6080,
+    "serialproxy": 6083,
     "memcached": 11211,
 }
 
@@ -47,6 +48,16 @@ class LabConfig:
     def venvs_dir(self) -> Path:
         """Shared by every lab on the machine (a second lab's state dir reuses them)."""
         return default_state_dir() / "venvs"
+
+    @property
+    def guest_cache_dir(self) -> Path:
+        """Downloaded Debian packages of the lab's guest; shared like the venvs."""
+        return default_state_dir() / "cache" / "debs"
+
+    @property
+    def guest_dir(self) -> Path:
+        """The lab's guest as built (kernel, initramfs, root disk, build.json)."""
+        return self.data_dir / "guest"
 
     @property
     def etc(self) -> Path:

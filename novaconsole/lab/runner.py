@@ -14,6 +14,7 @@ from novaconsole.errors import NovaconsoleError
 from novaconsole.lab import steps as lab
 from novaconsole.lab.config import RABBIT_USER, LabConfig, load_or_create_secrets
 from novaconsole.lab.generic import http_health
+from novaconsole.lab.guest import guest_status, guest_steps
 from novaconsole.lab.venvs import lab_venvs
 from novaconsole.plugins import PluginManager
 from novaconsole.services import (
@@ -33,6 +34,8 @@ HEALTH_PATHS = {
     "neutron-api": ("neutron", "/"),
     "nova-api": ("nova-api", "/"),
     "nova-novncproxy": ("novncproxy", "/vnc_lite.html"),
+    # websockify answers a plain GET with 405 without web files (below 500: it is up).
+    "nova-serialproxy": ("serialproxy", "/"),
 }
 
 
@@ -57,6 +60,10 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         neutron_url=config.url("neutron"),
         nova_api_port=config.ports["nova-api"],
         novncproxy_port=config.ports["novncproxy"],
+        # The lab's guest has a shell on ttyS0: its serial console is the way in.
+        serial_console=True,
+        serialproxy_port=config.ports["serialproxy"],
+        serial_port_range=LAB_SERIAL_PORT_RANGE,
         nova_conf=config.etc / "nova" / "nova.conf",
         state_path=data / "nova",
         lock_path=data / "nova" / "tmp",
@@ -72,6 +79,9 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         source=f"lab at {config.state_dir}",
     )
 
+
+#: TCP ports the guests' serial consoles listen on (127.0.0.1 only: proxyclient_address).
+LAB_SERIAL_PORT_RANGE = "10000:10099"
 
 #: The lab's systemd units are ``novaconsole-lab-SERVICE.service``.
 LAB_UNIT_PREFIX = "novaconsole-lab-"
@@ -101,6 +111,7 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
         *lab.neutron_steps(config, site, venvs["neutron"], keeper),
         lab.TestImageStep(),
         lab.TestFlavorStep(),
+        *guest_steps(config),
         lab.ComputeServicesUpStep(),
     ]
     theirs: list[Step[Any]] = []
@@ -121,6 +132,7 @@ PORT_OWNERS = {
     "neutron": "neutron-api",
     "nova-api": "nova-api",
     "novncproxy": "nova-novncproxy",
+    "serialproxy": "nova-serialproxy",
     "memcached": "memcached",
 }
 
@@ -249,6 +261,7 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
         "database": "sqlite" if config.db_url is None else _redacted_db(config.db_url),
         "services": rows,
         "compute": facts,
+        "guest": guest_status(config, facts),
         "services_kept_by": keeper.describe(),
         "supervisor_pid": keeper.manager_pid(),
     }

@@ -30,6 +30,17 @@ KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 #: The only KVM API version Linux has ever shipped (stable since 2.6.22).
 KVM_API_VERSION = 12
+#: Kernel modules that provide /dev/kvm, by what /sys/module shows.
+KVM_PROVIDERS = ("kvm_pvm", "kvm_intel", "kvm_amd")
+
+#: Why the lab's guests run under TCG where /dev/kvm is PVM (measured on such a host).
+PVM_REASON = (
+    "/dev/kvm works but is kvm_pvm (PVM: a hypervisor for nested guests without hardware "
+    "virtualisation), which runs only PVM-enabled guest kernels at speed; a stock kernel "
+    "crawls under it (Debian's 6.1 took 45 s to print its first line and was still in "
+    "early memory set-up after 110 s, against a 7 s boot under TCG), so QEMU emulation "
+    "(TCG); set virt_type = kvm to use it anyway"
+)
 
 #: Where libvirtd listens for ``qemu:///system`` (``/var/run`` is a link to ``/run``).
 LIBVIRT_SOCKETS = (Path("/run/libvirt/libvirt-sock"), Path("/var/run/libvirt/libvirt-sock"))
@@ -51,6 +62,8 @@ class KvmProbe:
 
     usable: bool
     detail: str  #: one line: "API version 12, VM created" or why not
+    #: The kernel module behind /dev/kvm (kvm_intel, kvm_amd, kvm_pvm) or "" if unknown.
+    provider: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ def decide_virt_type(
         return "qemu", f"virt_type = qemu set in {source}{extra}"
     if requested not in ("auto", "kvm"):
         raise ConfigError(f"{source}: virt_type must be auto, kvm or qemu, not {requested!r}")
+    if kvm.usable and kvm.provider == "kvm_pvm" and requested == "auto":
+        return "qemu", PVM_REASON
     if kvm.usable:
         why = f"/dev/kvm works ({kvm.detail}); {flags}"
         if not cpu_flags:
@@ -164,7 +179,15 @@ def compute_identity(site: Site, driver: str) -> tuple[str, Path]:
 # -- probes of the real machine ---------------------------------------------------------------
 
 
-def probe_kvm(device: Path = Path("/dev/kvm")) -> KvmProbe:
+def kvm_provider(sys_module: Path = Path("/sys/module")) -> str:
+    """The loaded module behind /dev/kvm (``kvm_pvm``, ``kvm_intel``, ``kvm_amd``) or ""."""
+    for name in KVM_PROVIDERS:
+        if (sys_module / name).is_dir():
+            return name
+    return ""
+
+
+def probe_kvm(device: Path = Path("/dev/kvm"), sys_module: Path = Path("/sys/module")) -> KvmProbe:
     """Open ``device``, ask for the KVM API version and create (and drop) an empty VM."""
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
@@ -184,7 +207,9 @@ def probe_kvm(device: Path = Path("/dev/kvm")) -> KvmProbe:
             name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             return KvmProbe(False, f"{device} API version 12 but KVM_CREATE_VM fails ({name})")
         os.close(vm)
-        return KvmProbe(True, f"{device} API version 12, KVM_CREATE_VM works")
+        provider = kvm_provider(sys_module)
+        by = f" ({provider})" if provider else ""
+        return KvmProbe(True, f"{device} API version 12, KVM_CREATE_VM works{by}", provider)
     except OSError as exc:
         return KvmProbe(False, f"{device} does not answer KVM ioctls ({exc.strerror or exc})")
     finally:

@@ -63,6 +63,13 @@ def novncproxy_base_url(site: Site) -> str:
     return f"http://{_url_host(site.controller_host)}:{site.novncproxy_port}/vnc_auto.html"
 
 
+def serialproxy_base_url(site: Site) -> str:
+    """``[serial_console] base_url``: the site's, or nova-serialproxy on the controller host."""
+    if site.serialproxy_base_url:
+        return site.serialproxy_base_url
+    return f"ws://{_url_host(site.controller_host)}:{site.serialproxy_port}/"
+
+
 def vnc_server_listen(site: Site) -> str:
     """``[vnc] server_listen``: the site's; my_ip on an all-in-one node; 0.0.0.0 (the guide)."""
     if site.vnc_server_listen:
@@ -94,6 +101,16 @@ def compute_options(
             "novncproxy_base_url": novncproxy_base_url(site),
         },
     }
+    if site.serial_console:
+        # Compute-side options: the libvirt driver gives each guest's serial ports a TCP
+        # listener on proxyclient_address from port_range (and still logs the first one
+        # to console.log), and hands out base_url with a token for nova-serialproxy.
+        wanted["serial_console"] = {
+            "enabled": "true",
+            "port_range": site.serial_port_range,
+            "base_url": serialproxy_base_url(site),
+            "proxyclient_address": site.my_ip,
+        }
     if facts.driver == "libvirt":
         libvirt = {"virt_type": facts.virt_type}
         if site.libvirt_cpu_mode:

@@ -196,6 +196,13 @@ def controller_options(
         "conductor": {"workers": "1"},
         "scheduler": {"workers": "1"},
     }
+    if site.serial_console and controller:
+        # Where nova-serialproxy listens (the compute node's [serial_console] options,
+        # enabled, port_range, base_url and proxyclient_address, are the compute plugin's).
+        wanted["serial_console"] = {
+            "serialproxy_host": site.my_ip,
+            "serialproxy_port": str(site.serialproxy_port),
+        }
     if site.neutron_url:
         user, password = (
             ("neutron", site.secrets["NEUTRON_PASS"])

@@ -39,8 +39,15 @@ from novaconsole_controller.novaconf import nova_conf_digest
 from novaconsole_controller.schema import nova_manage_path, query_rows
 
 SERVICE_NAMES = ("nova-api", "nova-conductor", "nova-scheduler", "nova-novncproxy")
+#: Run as well when the site enables Nova's serial console.
+SERIAL_PROXY = "nova-serialproxy"
 #: How long services get to be RUNNING and to answer on their ports.
 START_TIMEOUT = 120.0
+
+
+def service_names(site: Site) -> tuple[str, ...]:
+    """The controller services this site runs."""
+    return (*SERVICE_NAMES, SERIAL_PROXY) if site.serial_console else SERVICE_NAMES
 
 
 def nova_bin_dir(site: Site) -> Path:
@@ -117,6 +124,13 @@ def service_specs(site: Site, *, write_shim: bool) -> list[ServiceSpec]:
             )
             argv = tuple(str(shim_dir) if a == scratch else a for a in api.argv)
             api = dataclasses.replace(api, argv=argv)
+    serial = [
+        ServiceSpec(
+            SERIAL_PROXY,
+            (str(bin_dir / "nova-serialproxy"), "--config-file", conf),
+            port=site.serialproxy_port,
+        )
+    ]
     return [
         api,
         ServiceSpec("nova-conductor", (str(bin_dir / "nova-conductor"), "--config-file", conf)),
@@ -132,6 +146,7 @@ def service_specs(site: Site, *, write_shim: bool) -> list[ServiceSpec]:
             ),
             port=site.novncproxy_port,
         ),
+        *(serial if site.serial_console else []),
     ]
 
 
@@ -148,14 +163,15 @@ class ServicesObserved:
 
 
 class NovaServicesStep(Step[ServicesObserved]):
-    """Keep nova-api, nova-conductor, nova-scheduler and nova-novncproxy running."""
+    """Keep nova-api, nova-conductor, nova-scheduler and nova-novncproxy running (and
+    nova-serialproxy where the site enables the serial console)."""
 
     name = "controller.services"
     phase = "services"
 
     def __init__(self, site: Site) -> None:
         self.site = site
-        self.description = "nova-api, nova-conductor, nova-scheduler, nova-novncproxy running"
+        self.description = ", ".join(service_names(site)) + " running"
         self.digest_file = site.services_dir / "controller-nova-conf.sha256"
 
     @property
@@ -172,7 +188,8 @@ class NovaServicesStep(Step[ServicesObserved]):
         specs = service_specs(self.site, write_shim=False)
         keeper = keeper_for(self.site)
         states = keeper.status()
-        not_running = [n for n in SERVICE_NAMES if n not in states or states[n].state != "RUNNING"]
+        names = service_names(self.site)
+        not_running = [n for n in names if n not in states or states[n].state != "RUNNING"]
         for spec in specs:
             if spec.port and spec.name in not_running and port_owner(self.site.my_ip, spec.port):
                 raise StepFailed(
@@ -200,7 +217,9 @@ class NovaServicesStep(Step[ServicesObserved]):
         if start:
             changes.append(f"start {', '.join(start)}")
         running = [
-            n for n in SERVICE_NAMES if n not in observed.not_running and n not in observed.pending
+            n
+            for n in service_names(self.site)
+            if n not in observed.not_running and n not in observed.pending
         ]
         if (observed.conf_changed or observed.paste_ini_stale) and running:
             changes.append(f"restart {', '.join(running)} (nova.conf changed since they started)")
@@ -216,7 +235,9 @@ class NovaServicesStep(Step[ServicesObserved]):
         changed = keeper.install(specs)
         restart = []
         if observed.conf_changed or observed.paste_ini_stale:
-            restart = [n for n in SERVICE_NAMES if n not in changed and n in observed.states]
+            restart = [
+                n for n in service_names(self.site) if n not in changed and n in observed.states
+            ]
         # Not running but configured (stopped, FATAL): start them again.
         restart += [
             n
@@ -226,7 +247,7 @@ class NovaServicesStep(Step[ServicesObserved]):
         started = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
         try:
             keeper.apply(restart=restart)
-            keeper.wait_running(SERVICE_NAMES, timeout=START_TIMEOUT)
+            keeper.wait_running(service_names(self.site), timeout=START_TIMEOUT)
         except NovaconsoleError as exc:
             raise StepFailed(f"{self.name}: {exc.one_line()}") from None
         self._wait_healthy(keeper, specs, started)

@@ -19,6 +19,7 @@ from novaconsole_compute.facts import (
     decide_driver,
     decide_virt_type,
     host_facts,
+    kvm_provider,
     libvirt_socket_answers,
     probe_kvm,
     read_cpuinfo,
@@ -33,6 +34,7 @@ VMX_LINE_ONLY = "processor\t: 0\nflags\t\t: fpu sse2\nvmx flags\t: vnmi preempti
 
 KVM_OK = KvmProbe(True, "/dev/kvm API version 12, KVM_CREATE_VM works")
 KVM_MISSING = KvmProbe(False, "/dev/kvm does not exist")
+KVM_PVM = KvmProbe(True, "/dev/kvm API version 12, KVM_CREATE_VM works (kvm_pvm)", "kvm_pvm")
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,9 @@ def test_cpu_flags(cpuinfo: str, expected: bool) -> None:
         ("kvm", False, KVM_OK, "kvm", "virt_type = kvm set in site"),
         ("qemu", True, KVM_OK, "qemu", "KVM would work here"),
         ("qemu", False, KVM_MISSING, "qemu", "virt_type = qemu set in site"),
+        # This machine: /dev/kvm is PVM, under which a stock guest kernel crawls.
+        ("auto", False, KVM_PVM, "qemu", "kvm_pvm"),
+        ("kvm", False, KVM_PVM, "kvm", "virt_type = kvm set in site"),
     ],
 )
 def test_virt_type_table(
@@ -142,6 +147,15 @@ def test_probe_kvm_on_a_device_that_is_not_kvm() -> None:
     assert "/dev/null" in probe.detail
 
 
+def test_kvm_provider_from_sys_module(tmp_path: Path) -> None:
+    assert kvm_provider(tmp_path) == ""
+    (tmp_path / "kvm").mkdir()
+    (tmp_path / "kvm_amd").mkdir()
+    assert kvm_provider(tmp_path) == "kvm_amd"
+    (tmp_path / "kvm_pvm").mkdir()
+    assert kvm_provider(tmp_path) == "kvm_pvm"
+
+
 def test_libvirt_socket_probe(tmp_path: Path) -> None:
     path = tmp_path / "libvirt-sock"
     assert libvirt_socket_answers((path,)) is None
@@ -161,9 +175,11 @@ def test_this_host() -> None:
     assert facts.cpu_virt_flags is cpu_flags
     kvm = probe_kvm()
     assert facts.kvm == kvm.detail
-    assert facts.virt_type == ("kvm" if kvm.usable else "qemu")
-    assert ("vmx/svm in /proc/cpuinfo" in facts.virt_type_reason) or (
-        "unused by the fake driver" in facts.virt_type_reason
+    assert facts.virt_type == ("kvm" if kvm.usable and kvm.provider != "kvm_pvm" else "qemu")
+    assert (
+        ("vmx/svm in /proc/cpuinfo" in facts.virt_type_reason)
+        or ("unused by the fake driver" in facts.virt_type_reason)
+        or (kvm.provider == "kvm_pvm" and "kvm_pvm" in facts.virt_type_reason)
     )
     if os.path.exists("/usr/sbin/libvirtd") and os.geteuid() == 0:
         assert facts.driver == "libvirt", facts.driver_reason

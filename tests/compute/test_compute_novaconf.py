@@ -16,6 +16,7 @@ from novaconsole_compute.novaconf import (
     ComputeConfStep,
     compute_options,
     novncproxy_base_url,
+    serialproxy_base_url,
     vnc_server_listen,
 )
 
@@ -166,3 +167,26 @@ def test_wrong_mode_is_repaired(site: Site, mode: int) -> None:
     assert result.status is Status.CHANGED
     assert f"chmod 0640 {site.nova_conf}" in result.changes
     assert stat.S_IMODE(site.nova_conf.stat().st_mode) == 0o640
+
+
+def test_serial_console_off_by_default_leaves_its_section_alone(site: Site) -> None:
+    wanted = compute_options(site, make_facts(site, "libvirt", "qemu"), "HELPER")
+    assert "serial_console" not in wanted
+
+
+def test_serial_console_options_are_the_compute_nodes(site: Site) -> None:
+    site.serial_console = True
+    site.serial_port_range = "10000:10099"
+    site.controller_host = "controller"
+    site.my_ip = "10.0.0.31"
+    wanted = compute_options(site, make_facts(site, "libvirt", "qemu"), "HELPER")
+    assert wanted["serial_console"] == {
+        "enabled": "true",
+        "port_range": "10000:10099",
+        "base_url": "ws://controller:6083/",
+        "proxyclient_address": "10.0.0.31",
+    }
+    assert serialproxy_base_url(Site(controller_host="fd00::1")) == "ws://[fd00::1]:6083/"
+    site.serialproxy_base_url = "wss://console.example.org/serial/"
+    wanted = compute_options(site, make_facts(site, "libvirt", "qemu"), "HELPER")
+    assert wanted["serial_console"]["base_url"] == "wss://console.example.org/serial/"

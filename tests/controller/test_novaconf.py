@@ -197,3 +197,22 @@ def test_compute_node_gets_the_shared_options_without_database_access(
     assert "[database]" not in text
     assert "novncproxy_port" not in text
     assert run_steps(steps, ctx).results[0].status is Status.OK
+
+
+def test_serialproxy_options_only_when_the_serial_console_is_on(
+    site: Site, ctx: RunContext
+) -> None:
+    run_steps([NovaConfStep(site)], ctx)
+    assert IniDocument.load(site.nova_conf).get("serial_console", "serialproxy_port") is None
+    site.serial_console = True
+    site.serialproxy_port = 16083
+    report = run_steps([NovaConfStep(site)], ctx)
+    assert "set [serial_console] serialproxy_port = 16083" in report.results[0].changes
+    doc = IniDocument.load(site.nova_conf)
+    assert doc.get("serial_console", "serialproxy_host") == "127.0.0.1"
+    assert doc.get("serial_console", "serialproxy_port") == "16083"
+    # enabled, port_range, base_url, proxyclient_address: the compute node's, not ours.
+    assert doc.get("serial_console", "enabled") is None
+    # A compute node's share of the controller's options runs no proxy.
+    run_steps([NovaConfStep(site, for_compute_node=True)], ctx)
+    assert IniDocument.load(site.nova_conf).get("serial_console", "serialproxy_port") == "16083"

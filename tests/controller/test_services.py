@@ -57,6 +57,25 @@ def test_specs_pass_config_file_and_web_and_reset_argv(services_site: Site) -> N
     assert not (services_site.services_dir / "wsgi").exists()  # dry specs write nothing
 
 
+def test_serial_console_adds_nova_serialproxy(services_site: Site) -> None:
+    services_site.serial_console = True
+    services_site.serialproxy_port = _free_port()
+    specs = {s.name: s for s in service_specs(services_site, write_shim=False)}
+    assert set(specs) == {
+        "nova-api",
+        "nova-conductor",
+        "nova-scheduler",
+        "nova-novncproxy",
+        "nova-serialproxy",
+    }
+    proxy = specs["nova-serialproxy"]
+    assert services_site.nova_bin_dir is not None
+    assert proxy.argv[0] == str(services_site.nova_bin_dir / "nova-serialproxy")
+    assert proxy.argv[1:] == ("--config-file", str(services_site.nova_conf))
+    assert proxy.port == services_site.serialproxy_port
+    assert "nova-serialproxy" in NovaServicesStep(services_site).description
+
+
 def test_dry_run_plans_and_starts_nothing(services_site: Site) -> None:
     report = run_steps([NovaServicesStep(services_site)], RunContext(dry_run=True))
     result = report.results[0]

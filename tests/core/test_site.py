@@ -41,6 +41,9 @@ def test_site_file_values_and_secrets_from_env(tmp_path: Path) -> None:
         ('my_ip = "10.0.0.1; rm -rf /"', "invalid my_ip"),
         ('virt_type = "xen"', "virt_type must be auto, kvm or qemu"),
         ('extra_services = ["swift"]', "extra_services must be a list"),
+        ('serial_console = "yes"', "serial_console must be true or false"),
+        ('serial_port_range = "10000-20000"', "serial_port_range must be LOW:HIGH"),
+        ('serial_port_range = "20000:10000"', "serial_port_range must be LOW:HIGH"),
     ],
 )
 def test_invalid_site_file_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
@@ -49,6 +52,17 @@ def test_invalid_site_file_is_one_clear_error(tmp_path: Path, text: str, message
         load_site(path, environ={})
     assert str(path) in str(info.value)
     assert "\n" not in info.value.one_line()
+
+
+def test_serial_console_settings(tmp_path: Path) -> None:
+    assert load_site(write(tmp_path, ""), environ={}).serial_console is False
+    site = load_site(
+        write(tmp_path, 'serial_console = true\nserial_port_range = "10000:10099"\n'),
+        environ={},
+    )
+    assert site.serial_console is True
+    assert site.serial_port_range == "10000:10099"
+    assert site.serialproxy_port == 6083
 
 
 def test_missing_site_file(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ EXPECTED_SERVICES = {
     "neutron-api": 9696,
     "nova-api": 8774,
     "nova-novncproxy": 6080,
+    "nova-serialproxy": 6083,
     "nova-conductor": None,
     "nova-scheduler": None,
     "nova-compute": None,
@@ -51,6 +52,9 @@ def test_every_service_runs_healthy_on_its_port(lab_state: LabConfig) -> None:
     assert isinstance(compute, dict)
     assert compute["driver"] in ("libvirt", "fake")
     assert compute["driver_reason"]
+    guest = data["guest"]
+    assert isinstance(guest, dict)
+    assert "image novaconsole-lab-guest: Linux " in guest["guest"]
 
 
 def test_rerun_reports_zero_changes(lab_state: LabConfig) -> None:
