@@ -164,9 +164,11 @@ class Agent:
         )
         return True
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+    def run(self, *, install_signals: bool = True) -> int:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT when ``install_signals``)."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
         log.info(
             "agent %s for host %s starting (libvirt %s, bus %s vhost %s, commands: %s)",
             __version__,

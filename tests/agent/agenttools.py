@@ -98,3 +98,33 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def agent_toml(
+    vhost: str,
+    keys: AgentKeys,
+    *,
+    uri: str = "test:///default",
+    allowed: list[str] | None = None,
+    extra: str = "",
+    heartbeat: float = 0.5,
+    bus_extra: str = "",
+) -> str:
+    """An agent config file's text (bus on ``vhost``, the agent's key, trusting the console)."""
+    allowed_line = "" if allowed is None else f"allowed = {allowed!r}\n".replace("'", '"')
+    return (
+        f'host = "{keys.host}"\n'
+        f'libvirt_uri = "{uri}"\n'
+        f"heartbeat_interval = {heartbeat}\n"
+        f"{extra}"
+        "[bus]\n"
+        'urls = ["amqp://127.0.0.1:5672"]\n'
+        f'vhost = "{vhost}"\n'
+        "heartbeat = 10\n"
+        f"{bus_extra}"
+        "[keys]\n"
+        f'signing_key = "{keys.agent_key}"\n'
+        f'trusted = "{keys.agent_trusted}"\n'
+        "[commands]\n"
+        f"{allowed_line}"
+    )
