@@ -89,6 +89,41 @@ def console_queue(name: str) -> str:
     return f"novaconsole.console.{name}"
 
 
+@dataclass(frozen=True)
+class BrokerPermissions:
+    """What one broker user may do on the bus's vhost (``rabbitmqctl set_permissions`` and
+    ``set_topic_permissions`` regular expressions)."""
+
+    configure: str
+    write: str
+    read: str
+    #: Routing keys the user may publish to :data:`EXCHANGE_AGENTS` with (None: any).
+    topic_write: str | None = None
+    topic_read: str | None = None
+
+
+def agent_permissions(host: str) -> BrokerPermissions:
+    """The least an agent for ``host`` needs: declare the exchanges and its own three
+    queues, publish on the agents exchange with its own routing keys only, and on the
+    replies exchange, consume its own command queue."""
+    import re
+
+    h = re.escape(host)
+    own = rf"novaconsole\.agent\.{h}\.commands|novaconsole\.last\.{h}\.(heartbeat|inventory)"
+    exchanges = r"novaconsole\.(agents|commands|replies)"
+    return BrokerPermissions(
+        configure=rf"^({exchanges}|{own})$",
+        write=rf"^(novaconsole\.(agents|replies)|{own})$",
+        read=rf"^(novaconsole\.(agents|commands)|novaconsole\.agent\.{h}\.commands)$",
+        topic_write=rf"^(heartbeat|inventory|event)\.{h}$",
+        # Binding its last-value queues to the topic exchange is a topic read.
+        topic_read=rf"^(heartbeat|inventory)\.{h}$",
+    )
+
+
+#: A console's user: everything on the vhost (it declares its queues and reads them all).
+CONSOLE_PERMISSIONS = BrokerPermissions(".*", ".*", ".*")
+
 _LAST_VALUE_ARGS = {"x-max-length": 1, "x-overflow": "drop-head"}
 
 _CONNECTION_ERRORS = (
