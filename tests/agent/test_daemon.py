@@ -8,10 +8,15 @@ the test changes domains through a connection of its own).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -478,3 +483,109 @@ def test_command_journal_survives_a_restart(tmp_path: Path) -> None:
     assert not reply.ok
     assert "not run again" in (reply.error or "")
     assert reply.correlation_id == "c1"
+
+
+@pytest.fixture
+def private_libvirtd() -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], str]]]:
+    """A libvirtd of the test's own, as ``nobody`` in session mode (its own sockets and
+    state under tmp_path), so it can be stopped and started again without touching the
+    lab's. Its test driver is reached remotely: a real connection with keepalive and a
+    close callback. Yields a function that (re)starts it."""
+    if os.geteuid() != 0 or shutil.which("libvirtd") is None:
+        pytest.skip("needs root and libvirtd")
+    # Not under tmp_path: pytest's base directory is root's own (0700), which nobody
+    # cannot enter.
+    root = Path(tempfile.mkdtemp(prefix="agent-test-libvirtd-"))
+    for sub in ("run", "home"):
+        (root / sub).mkdir(parents=True)
+    shutil.chown(root, "nobody")
+    for sub in ("run", "home"):
+        shutil.chown(root / sub, "nobody")
+    procs: list[subprocess.Popen[bytes]] = []
+    socket_path = root / "run" / "libvirt" / "libvirt-sock"
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(root / "home"),
+            "XDG_RUNTIME_DIR": str(root / "run"),
+            "XDG_CONFIG_HOME": str(root / "home" / ".config"),
+            "XDG_CACHE_HOME": str(root / "home" / ".cache"),
+        }
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        proc = subprocess.Popen(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "libvirtd",
+                "--timeout",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for("the private libvirtd's socket", socket_path.exists)
+        return proc, f"test+unix:///default?socket={socket_path}"
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_libvirtd_restart_reconnects_and_resyncs(
+    tmp_path: Path,
+    bus_vhost: str,
+    agent_keys: AgentKeys,
+    private_libvirtd: Callable[[], tuple[subprocess.Popen[bytes], str]],
+) -> None:
+    daemon, uri = private_libvirtd()
+    got = Recorder()
+    console = ConsoleBus(console_settings(tmp_path, bus_vhost, agent_keys))
+    console.start(got)
+    agent, thread = start_agent(tmp_path, bus_vhost, agent_keys, uri=uri)
+    try:
+        wait_for("the start inventory", lambda: got.inventories("start"))
+        daemon.terminate()
+        daemon.wait(15)
+        wait_for(
+            "a heartbeat saying libvirt is down",
+            lambda: [m for m in got.of("heartbeat") if not m.body["libvirt_connected"]],
+        )
+        private_libvirtd()
+        resync = wait_for(
+            "a resync inventory",
+            lambda: [i for i in got.inventories("resync") if i.libvirt_connected],
+            timeout=90,
+        )[0]
+        assert [d.name for d in resync.domains] == ["test"]
+        # Callbacks are registered again on the new connection: a new domain is an event.
+        conn = libvirt.open(uri)
+        try:
+            dom = conn.defineXML(VNC_DOMAIN)
+            wait_for(
+                "a defined event after the reconnect",
+                lambda: [
+                    m
+                    for m in got.of("event")
+                    if m.body["name"] == "agent-test-vnc" and m.body["detail"] == "defined"
+                ],
+            )
+            dom.undefine()
+        finally:
+            conn.close()
+    finally:
+        agent.stop()
+        thread.join(10)
+        console.stop()
