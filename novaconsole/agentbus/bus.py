@@ -147,6 +147,16 @@ class _Outgoing:
     seq: int | None = None
     #: Called from the I/O thread once the broker confirmed (None) or refused (the error).
     on_done: Callable[[Exception | None], None] | None = None
+    #: Builds ``body`` on the I/O thread right before the first attempt (a command names
+    #: the reply queue of the connection it goes out on).
+    render: Callable[[], bytes] | None = None
+    #: Never sent again after a lost connection (a command might have run already).
+    once: bool = False
+    attempted: bool = False
+
+
+class ConnectionLostWhileSending(ConnectionFailure):
+    """A publish that may or may not have reached the broker and is not sent again."""
 
 
 class _Link:
@@ -288,6 +298,10 @@ class _Link:
                     self.settings.vhost,
                     self.last_error,
                 )
+            except Exception as exc:
+                # A bug in a callback must not end the I/O thread: say it, reconnect.
+                self.last_error = self.describe(exc)
+                log.error("bus %s: unexpected %s; reconnecting", self.name, self.last_error)
             finally:
                 self._teardown()
             if self._stop.is_set():
@@ -340,27 +354,40 @@ class _Link:
             if out is None:
                 return
             error: Exception | None = None
-            try:
-                channel.basic_publish(
-                    exchange=out.exchange,
-                    routing_key=out.routing_key,
-                    body=out.body,
-                    properties=pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=2 if out.persistent else 1,
-                        type=out.kind,
-                        expiration=str(out.expiration_ms) if out.expiration_ms else None,
-                    ),
-                    mandatory=out.mandatory,
+            if out.once and out.attempted:
+                error = ConnectionLostWhileSending(
+                    f"agent bus: connection lost while sending a {out.kind}; not sent again"
                 )
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                # The broker answered: no queue takes it, or it refused. Not ours to retry.
-                error = exc
+            else:
+                if out.render is not None and not out.attempted:
+                    out.body = out.render()
+                out.attempted = True
+                error = self._publish_one(channel, out)
             with self._outbox_lock:
                 if self._outbox and self._outbox[0] is out:
                     self._outbox.popleft()
             if out.on_done is not None:
                 out.on_done(error)
+
+    def _publish_one(self, channel: BlockingChannel, out: _Outgoing) -> Exception | None:
+        try:
+            channel.basic_publish(
+                exchange=out.exchange,
+                routing_key=out.routing_key,
+                body=out.body,
+                properties=pika.BasicProperties(
+                    content_type="application/json",
+                    delivery_mode=2 if out.persistent else 1,
+                    type=out.kind,
+                    expiration=str(out.expiration_ms) if out.expiration_ms else None,
+                ),
+                mandatory=out.mandatory,
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            # The broker answered: no queue takes it, or it refused. Not ours to retry.
+            refused: Exception = exc
+            return refused
+        return None
 
     def _teardown(self) -> None:
         self.connected.clear()
@@ -965,20 +992,26 @@ class ConsoleBus:
         future: concurrent.futures.Future[CommandReply] = concurrent.futures.Future()
         with self._pending_lock:
             self._pending[correlation_id] = (host, future)
-        request = CommandRequest(
-            command=command,
-            args=dict(args or {}),
-            reply_to=self._reply_queue,
-            correlation_id=correlation_id,
-        )
-        data, _ = seal(self.key, "command", host, request.to_dict())
+
+        def render() -> bytes:
+            # On the I/O thread, at the first attempt: the reply queue of this connection.
+            request = CommandRequest(
+                command=command,
+                args=dict(args or {}),
+                reply_to=self._reply_queue,
+                correlation_id=correlation_id,
+            )
+            return seal(self.key, "command", host, request.to_dict())[0]
 
         def done(error: Exception | None) -> None:
             if error is None:
                 return
             with self._pending_lock:
                 self._pending.pop(correlation_id, None)
-            if isinstance(error, pika.exceptions.UnroutableError):
+            failure: ConnectionFailure
+            if isinstance(error, ConnectionFailure):
+                failure = error
+            elif isinstance(error, pika.exceptions.UnroutableError):
                 failure = ConnectionFailure(
                     f"agent bus: no agent queue for host {host!r} on vhost {self.settings.vhost}"
                 )
@@ -991,12 +1024,14 @@ class ConsoleBus:
             _Outgoing(
                 EXCHANGE_COMMANDS,
                 host,
-                data,
+                b"",
                 "command",
                 persistent=False,
                 mandatory=True,
                 expiration_ms=int(self.settings.command_ttl * 1000),
                 on_done=done,
+                render=render,
+                once=True,
             )
         )
         try:
