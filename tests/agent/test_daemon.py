@@ -132,8 +132,11 @@ def running(
     agent, thread = start_agent(tmp_path, bus_vhost, agent_keys, **options)
     yield Running(agent, console, got, thread)
     agent.stop()
-    thread.join(10)
+    # Wait for the agent to be gone from the broker: a lingering consumer on its command
+    # queue would take the next test's commands.
+    thread.join(30)
     console.stop()
+    assert not thread.is_alive(), "the agent did not stop"
 
 
 def test_inventory_on_start_and_domain_events(
@@ -425,16 +428,21 @@ def test_bad_commands_are_rejected_logged_and_not_acted_on(
         executed = running.agent.bus.executed
         with caplog.at_level(logging.WARNING):
             _publish_raw(bus_vhost, "testhost", *bodies)
-            wait_for("the rejection", lambda: running.agent.bus.rejected > before)
+            try:
+                wait_for("the rejection", lambda: running.agent.bus.rejected > before)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}; log: {[r.getMessage() for r in caplog.records]}"
+                ) from None
         lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
         assert any(line.startswith(f"command rejected: {reason}") for line in lines), lines
-        assert libvirt_rw.lookupByName("test").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert libvirt_rw.lookupByName("test").state()[0] == libvirt.VIR_DOMAIN_RUNNING, lines
         if case == "replayed":
             assert running.agent.bus.executed == executed + 1
             assert not plain.isActive()  # the first, valid one did run
         else:
-            assert running.agent.bus.executed == executed
-            assert plain.isActive()
+            assert running.agent.bus.executed == executed, lines
+            assert plain.isActive(), lines
     finally:
         if plain.isActive():
             plain.destroy()
