@@ -287,3 +287,57 @@ def test_agent_user_is_limited_to_its_own_queues_and_routing_keys(
     finally:
         conn.close()
         rabbitmqctl("delete_user", user)
+
+
+def test_a_command_redelivered_after_a_drop_is_not_run_again(
+    settings: tuple[BusSettings, BusSettings],
+    console: tuple[ConsoleBus, Recorder],
+    bus_vhost: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops while the command runs: its ack is void, the broker delivers it
+    again (flagged redelivered), and the agent answers from its journal instead."""
+    entered = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(message: Message, request: CommandRequest) -> CommandReply:
+        calls.append(message.id)
+        entered.set()
+        release.wait(30)
+        return CommandReply(correlation_id="", ok=True, result={"ran": len(calls)})
+
+    bus = AgentBus(settings[0], "testhost", slow)
+    bus.start()
+    cbus, _ = console
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            cbus.request("testhost", "slow", timeout=15)
+        except BaseException as exc:
+            errors.append(exc)
+
+    asker = threading.Thread(target=ask)
+    try:
+        assert bus.connected.wait(10)
+        with caplog.at_level(logging.INFO, logger="novaconsole.agentbus"):
+            asker.start()
+            assert entered.wait(15), "the command never reached the handler"
+            rabbitmqctl("close_all_connections", "--vhost", bus_vhost, "test: drop mid-command")
+            wait_for("agent reconnected", lambda: bus.connects >= 2 and bus.connected.is_set())
+            release.set()
+            wait_for(
+                "the redelivery answered from the journal",
+                lambda: any("not run again" in r.getMessage() for r in caplog.records),
+            )
+        assert len(calls) == 1
+        assert bus.executed == 1
+    finally:
+        release.set()
+        asker.join(30)
+        bus.stop()
+    # The first reply went to the reply queue of the console's old connection: the console
+    # says so as a timeout, and the command still ran once.
+    assert len(errors) == 1
+    assert "no reply" in str(errors[0])
