@@ -132,6 +132,18 @@ class Site:
     systemd_unit_prefix: str = "novaconsole-"
     #: Directory with ``supervisord``/``supervisorctl`` (``None``: next to ``nova_bin_dir``).
     supervisor_bin_dir: Path | None = None
+    #: The compute agent and its bus (``novaconsole --plugin compute-agent``): the
+    #: controller sets up the vhost, users and console key; a compute node its agent.
+    compute_agent: bool = False
+    #: The console's side (keys, broker passwords, agents.toml), on the controller.
+    bus_dir: Path = field(default_factory=lambda: Path("/etc/novaconsole/bus"))
+    #: The agent's side (its key, config, command journal), on each compute node.
+    agent_dir: Path = field(default_factory=lambda: Path("/etc/novaconsole/agent"))
+    #: Hosts the controller makes broker users for (default: ``compute_host``).
+    agent_hosts: list[str] = field(default_factory=list)
+    #: The Python that has ``novaconsole[agent]`` installed (``None``: this one).
+    agent_python: Path | None = None
+    agent_heartbeat_interval: int = 10
     #: Extra nova.conf options by section; the guide's old names are accepted and translated.
     nova_options: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Secrets by guide placeholder name; filled from the environment, never from the file.
@@ -192,6 +204,11 @@ _SCALARS: dict[str, type] = {
     "systemd_unit_dir": Path,
     "systemd_unit_prefix": str,
     "supervisor_bin_dir": Path,
+    "compute_agent": bool,
+    "bus_dir": Path,
+    "agent_dir": Path,
+    "agent_python": Path,
+    "agent_heartbeat_interval": int,
 }
 
 _KNOWN_EXTRA_SERVICES = ("keystone", "glance", "placement", "neutron")
@@ -211,6 +228,11 @@ def site_from_mapping(
             site.nova_options = {
                 s: {str(k): str(v) for k, v in opts.items()} for s, opts in value.items()
             }
+            continue
+        if key == "agent_hosts":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: agent_hosts must be a list of host names")
+            site.agent_hosts = [valid_host(v, f"agent_hosts in {source}") for v in value]
             continue
         if key == "extra_services":
             if not isinstance(value, list) or any(v not in _KNOWN_EXTRA_SERVICES for v in value):

@@ -41,7 +41,8 @@ HEALTH_PATHS = {
 
 def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
     """The Site the controller and compute plugins provision for the lab."""
-    venv = lab_venvs(config.venvs_dir)["openstack"]
+    venvs = lab_venvs(config.venvs_dir)
+    venv = venvs["openstack"]
     data = config.data_dir
     return Site(
         controller_host=config.host,
@@ -75,6 +76,11 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         systemd_unit_prefix=LAB_UNIT_PREFIX,
         supervisor_bin_dir=venv.bin,
         nova_options={"DEFAULT": {"instances_path": str(config.instances_dir)}},
+        # The compute agent on the lab's compute node, and the console's end of its bus.
+        compute_agent=True,
+        bus_dir=config.state_dir / "bus",
+        agent_dir=config.state_dir / "agent",
+        agent_python=agent.python if (agent := venvs.get("agent")) else None,
         secrets=secrets,
         source=f"lab at {config.state_dir}",
     )

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ OPENSTACK_PACKAGES = (
     SQLITE_PLUGIN,
 )
 NEUTRON_PACKAGES = ("neutron==29.0.0", "gunicorn", "PyMySQL", "python-memcached", SQLITE_PLUGIN)
+
+#: This checkout, when the lab runs from one: the compute agent gets a venv of its own with
+#: ``novaconsole[agent]`` installed from it, as a hypervisor would have (not the console's
+#: environment, whose path changes with every checkout and hatch environment).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT_PROJECT = f"{REPO_ROOT}[agent]"
+AGENT_PACKAGES = (AGENT_PROJECT,)
+
+
+def in_checkout() -> bool:
+    """Whether this novaconsole runs from a source checkout (the agent venv needs one)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "plugins").is_dir()
 
 
 #: Every package of each venv pinned, for the release above (``.ci/locks.py`` writes them):
@@ -75,12 +88,12 @@ class Venv:
         Not by path: a second checkout of novaconsole with the same plugin must not make
         every lab venv reinstall (and every database re-sync) when it runs ``lab up``.
         """
-        digest = local_project_digest(Path(SQLITE_PLUGIN))
         pins = hashlib.sha256(self.constraints.read_bytes()).hexdigest()[:16]
-        return [
-            *(f"{SQLITE_PLUGIN_NAME}#{digest}" if p == SQLITE_PLUGIN else p for p in self.packages),
-            f"constraints#{pins}",
-        ]
+        wanted = []
+        for package in self.packages:
+            local = LOCAL_PROJECTS.get(package)
+            wanted.append(f"{local[0]}#{local[1]()}" if local else package)
+        return [*wanted, f"constraints#{pins}"]
 
     def is_current(self) -> bool:
         try:
@@ -99,12 +112,37 @@ def local_project_digest(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def source_tree_digest(root: Path) -> str:
+    """A digest of this checkout's installable sources (code, plugins, themes, metadata)."""
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml"]
+    for top in ("novaconsole", "plugins", "themes"):
+        files += [
+            f
+            for f in (root / top).rglob("*")
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+        ]
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+#: Local projects by the string a venv lists: (distribution name, digest of its content).
+LOCAL_PROJECTS: dict[str, tuple[str, Callable[[], str]]] = {
+    SQLITE_PLUGIN: (SQLITE_PLUGIN_NAME, lambda: local_project_digest(Path(SQLITE_PLUGIN))),
+    AGENT_PROJECT: ("novaconsole", lambda: source_tree_digest(REPO_ROOT)),
+}
+
+
 def lab_venvs(root: Path) -> dict[str, Venv]:
     """The lab's venvs under ``root`` (``<state>/venvs``)."""
-    return {
+    venvs = {
         "openstack": Venv("openstack", root / "openstack", OPENSTACK_PACKAGES),
         "neutron": Venv("neutron", root / "neutron", NEUTRON_PACKAGES),
     }
+    if in_checkout():
+        venvs["agent"] = Venv("agent", root / "agent", AGENT_PACKAGES)
+    return venvs
 
 
 def _uv() -> str | None:
@@ -123,19 +161,21 @@ def install_venv(venv: Venv, *, log_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("UV_CONSTRAINT", "PIP_CONSTRAINT")}
     pins = ["-c", str(venv.constraints)]
     with log_path.open("ab") as log:
-        # Our local project keeps its version when its code changes: always rebuild it.
+        # Our local projects keep their version when their code changes: always rebuild them.
+        local = [p for p in venv.packages if p in LOCAL_PROJECTS]
         if uv:
             install = [uv, "pip", "install", "-q", "--python", str(venv.python)]
+            reinstall = [a for p in local for a in ("--reinstall-package", LOCAL_PROJECTS[p][0])]
             commands = [
                 [uv, "venv", "--allow-existing", "-q", "-p", sys.executable, str(venv.path)],
-                [*install, *pins, "--reinstall-package", SQLITE_PLUGIN_NAME, *venv.packages],
+                [*install, *pins, *reinstall, *venv.packages],
             ]
         else:
             install = [str(venv.python), "-m", "pip", "install", "-q"]
             commands = [
                 [sys.executable, "-m", "venv", str(venv.path)],
                 [*install, *pins, *venv.packages],
-                [*install, "--force-reinstall", "--no-deps", SQLITE_PLUGIN],
+                *([*install, "--force-reinstall", "--no-deps", p] for p in local),
             ]
         for argv in commands:
             proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
