@@ -91,3 +91,19 @@ def test_site_file_agent_settings(tmp_path: Path) -> None:
     assert site.bus_dir == Path("/srv/bus")
     with pytest.raises(ConfigError, match="agent_hosts must be a list"):
         site_from_mapping({"agent_hosts": "c1"}, "t.toml")
+
+
+def test_the_console_finds_the_labs_bus_when_it_has_no_agents_file(tmp_path: Path) -> None:
+    from novaconsole.agentbus.settings import console_config_path
+
+    env = {"HOME": str(tmp_path), "NOVACONSOLE_LAB_DIR": str(tmp_path / "lab")}
+    own = tmp_path / ".config" / "novaconsole" / "agents.toml"
+    assert console_config_path(env) == own  # nothing anywhere: the operator's own path
+    lab_file = tmp_path / "lab" / "bus" / "agents.toml"
+    lab_file.parent.mkdir(parents=True)
+    lab_file.write_text("[bus]\n")
+    assert console_config_path(env) == lab_file
+    own.parent.mkdir(parents=True)
+    own.write_text("[bus]\n")
+    assert console_config_path(env) == own  # an operator's own file always wins
+    assert console_config_path({**env, "NOVACONSOLE_AGENTS_CONFIG": "/x.toml"}) == Path("/x.toml")
