@@ -155,9 +155,10 @@ def test_unknown_token_is_a_one_line_error(serial_proxy: SerialProxy) -> None:
 
 
 RAW_TERMINAL = """
-import sys
+import os
 from novaconsole.vnc.serial import SerialSession, run_raw_terminal
-reason = run_raw_terminal(SerialSession.open_url(sys.argv[1]), banner="attached; escape is ^]")
+url = os.environ.pop("NOVACONSOLE_TEST_SERIAL_URL")
+reason = run_raw_terminal(SerialSession.open_url(url), banner="attached; escape is ^]")
 print("detached" if reason is None else "ended: " + reason, flush=True)
 """
 
@@ -181,9 +182,11 @@ def _pty_read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
 
 def _run_raw(url: str) -> tuple[subprocess.Popen[bytes], int, int]:
     master, slave = pty.openpty()
+    # Console URLs carry tokens: through the environment, never the command line.
+    env = {**os.environ, "NOVACONSOLE_TEST_SERIAL_URL": url}
     proc = subprocess.Popen(
-        [sys.executable, "-c", RAW_TERMINAL, url],
-        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+        [sys.executable, "-c", RAW_TERMINAL],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, start_new_session=True,
     )  # fmt: skip
     return proc, master, slave
 
