@@ -121,6 +121,8 @@ class ConsoleScreen(Screen[None]):
         self._keys: queue.SimpleQueue[list[Key] | None] = queue.SimpleQueue()
         #: Frames drawn so far (tests and the benchmark read it).
         self.frames_drawn = 0
+        #: ``time.monotonic()`` of each stage: opened, url, connected, first_frame.
+        self.timings: dict[str, float] = {"opened": time.monotonic()}
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="console-title", markup=False)
@@ -143,7 +145,9 @@ class ConsoleScreen(Screen[None]):
     def _connect(self) -> None:
         try:
             url = self.source.remote_console_url(self.server, "vnc")
+            self.timings["url"] = time.monotonic()
             session = self.opener(url)
+            self.timings["connected"] = time.monotonic()
         except Exception as exc:
             self.app.call_from_thread(self._failed, describe_exception(exc))
             return
@@ -197,6 +201,8 @@ class ConsoleScreen(Screen[None]):
         fit = self.query_one(FramebufferView).show(fb, dirty)
         self._last_draw = time.monotonic()
         self.frames_drawn += 1
+        if "first_frame" not in self.timings and not fb.is_blank():
+            self.timings["first_frame"] = self._last_draw
         if fit != self._fit:
             self._fit = fit
             self.query_one("#console-title", Static).update(self._title())
