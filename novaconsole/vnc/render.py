@@ -156,11 +156,9 @@ class HalfBlockRenderer:
         self._getters = []
         for j in range(widest):
             indices = [_sample(x0, x1, j, widest) for x0, x1 in self._xb]
-            if len(indices) == 1:
-                only = indices[0]
-                self._getters.append(lambda data, i=only: (data[i],))
-            else:
-                self._getters.append(itemgetter(*indices))
+            # itemgetter of one index returns the item, not a 1-tuple: ask for it twice
+            # (a one-column screen then counts that pixel twice, which averages the same).
+            self._getters.append(itemgetter(*(indices if len(indices) > 1 else indices * 2)))
         self._tallest = min(MAX_SAMPLES, max((y1 - y0 for y0, y1 in self._yb), default=1))
 
     def _pixel_row(self, fb: Framebuffer, out_y: int) -> list[RGB]:
@@ -190,7 +188,7 @@ class HalfBlockRenderer:
                 map(mean, map(sum, zip(*blues, strict=True))),
                 strict=True,
             )
-        )
+        )[: len(self._xb)]
 
 
 def render_halfblocks(fb: Framebuffer, columns: int, rows: int) -> tuple[list[list[Cell]], Fit]:

@@ -78,3 +78,10 @@ def test_dirty_rectangle_rerenders_only_its_rows() -> None:
 def test_ansi_output() -> None:
     text = cells_to_ansi([[((1, 2, 3), (4, 5, 6)), ((1, 2, 3), (4, 5, 6))]])
     assert text == f"\x1b[38;2;1;2;3m\x1b[48;2;4;5;6m{UPPER_HALF_BLOCK * 2}\x1b[0m"
+
+
+def test_a_one_column_grid_still_averages() -> None:
+    cells, how = render_halfblocks(_fb(4, 4, lambda x, y: (x * 60, 0, 0)), 1, 1)
+    assert (how.columns, how.rows) == (1, 1)
+    assert len(cells[0]) == 1
+    assert cells[0][0][0][0] in range(60, 121)  # a mean of the reds 0, 60, 120, 180
