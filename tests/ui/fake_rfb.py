@@ -32,8 +32,10 @@ def load_rfb_recording(path: Path = RFB_RECORDING) -> dict[str, Any]:
 class FakeRfbTransport:
     """Hands out the recorded server chunks, then waits (an idle screen) until closed."""
 
-    def __init__(self, recording: dict[str, Any] | None = None) -> None:
+    def __init__(self, recording: dict[str, Any] | None = None, *, hang_up: bool = False) -> None:
         data = recording if recording is not None else load_rfb_recording()
+        #: End the stream after the recording, as a proxy whose token expired would.
+        self.hang_up = hang_up
         self.chunks = [base64.b64decode(c) for c in data["chunks"]]
         self.updates = int(data["updates"])
         self.sent = bytearray()
@@ -45,6 +47,8 @@ class FakeRfbTransport:
         if self.chunks:
             return self.chunks.pop(0)
         self.drained.set()
+        if self.hang_up:
+            raise TransportClosed("close frame 1000 Target closed")
         self._closed.wait()
         raise TransportClosed("closed by the test")
 
@@ -88,13 +92,14 @@ class FakeRfbTransport:
 class FakeRfbOpener:
     """A console opener for the screen: every session replays the recording."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hang_up: bool = False) -> None:
         self.urls: list[str] = []
         self.transports: list[FakeRfbTransport] = []
+        self.hang_up = hang_up
 
     def __call__(self, url: str) -> RfbSession:
         self.urls.append(url)
-        transport = FakeRfbTransport()
+        transport = FakeRfbTransport(hang_up=self.hang_up)
         self.transports.append(transport)
         session = RfbSession(transport, "fake console proxy")
         session.start()

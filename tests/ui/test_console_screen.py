@@ -235,6 +235,29 @@ async def test_nova_refusing_a_console_is_one_line_on_the_screen(
         assert opener.urls == []
 
 
+@pytest.mark.asyncio
+async def test_the_proxy_hanging_up_is_shown_not_hidden(
+    fake_app: AppFactory, tmp_path: Path
+) -> None:
+    app = fake_app()
+    opener = FakeRfbOpener(hang_up=True)
+    app.console_opener = opener
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("5", "c")
+        screen = app.screen
+        assert isinstance(screen, ConsoleScreen)
+        for _ in range(400):
+            await pilot.pause()
+            if screen.state == "ended":
+                break
+        assert screen.state == "ended"
+        status = str(screen.query_one("#console-status").render())
+        assert "fake console proxy closed the connection (close frame 1000 Target closed)" in status
+        await pilot.press("a")  # keys after the end go nowhere, quietly
+        assert "ended" in str(screen.query_one("#console-title").render())
+
+
 # -- serial console ------------------------------------------------------------------------
 
 
