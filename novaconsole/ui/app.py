@@ -289,8 +289,13 @@ class NovaConsoleApp(App[int]):
             self.show_pane(self.pane_classes[index].pane_name)
 
     def poll_visible_pane(self) -> None:
-        """The timer: only the visible pane polls, never while a dialog is open."""
-        if isinstance(self.screen, ModalScreen) or self.source is None:
+        """The timer: only the visible pane polls, never while a dialog or a console
+        screen (VNC, serial) covers the panes."""
+        if (
+            len(self.screen_stack) > 1
+            or isinstance(self.screen, ModalScreen)
+            or self.source is None
+        ):
             return
         pane = self.active_pane
         if not pane.is_loading:

@@ -236,6 +236,18 @@ async def test_nova_refusing_a_console_is_one_line_on_the_screen(
 
 
 @pytest.mark.asyncio
+async def test_panes_do_not_poll_behind_the_console(fake_app: AppFactory, tmp_path: Path) -> None:
+    source = FakeCloudSource()
+    app, opener = _app(fake_app, tmp_path, source=source, settings=ConsoleSettings(refresh=0.05))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_console(pilot, opener)
+        before = source.count("raw_servers")
+        for _ in range(10):  # ten polling intervals and more
+            await pilot.pause(0.06)
+        assert source.count("raw_servers") == before
+
+
+@pytest.mark.asyncio
 async def test_the_proxy_hanging_up_is_shown_not_hidden(
     fake_app: AppFactory, tmp_path: Path
 ) -> None:
