@@ -116,6 +116,12 @@ class NovaConsoleApp(App[int]):
         self.cloud_names = cloud_names
         self.remember_theme = remember_theme
         self.source: CloudSource | None = None
+        #: Open console sessions from a URL (None: the real RFB / serial clients); tests
+        #: put their recorded fakes here.
+        self.console_opener: Callable[[str], Any] | None = None
+        self.serial_opener: Callable[[str], Any] | None = None
+        #: Where console screenshots go (None: the current directory).
+        self.screenshot_dir: Path | None = None
         self.info: CloudInfo | None = None
         self.connect_error: str | None = None
         self.known_clouds: list[str] = []
@@ -297,8 +303,13 @@ class NovaConsoleApp(App[int]):
             self.show_pane(self.pane_classes[index].pane_name)
 
     def poll_visible_pane(self) -> None:
-        """The timer: only the visible pane polls, never while a dialog is open."""
-        if isinstance(self.screen, ModalScreen) or self.source is None:
+        """The timer: only the visible pane polls, never while a dialog or a console
+        screen (VNC, serial) covers the panes."""
+        if (
+            len(self.screen_stack) > 1
+            or isinstance(self.screen, ModalScreen)
+            or self.source is None
+        ):
             return
         pane = self.active_pane
         if not pane.is_loading:
