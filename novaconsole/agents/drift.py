@@ -255,11 +255,12 @@ def compute_drift(
     findings: list[Finding] = []
     checked: list[str] = []
     unchecked: dict[str, str] = {}
-    usable = {a.host: a for a in agents if not a.stale and a.domains is not None}
+    # Agents are matched to Nova by the host name Nova knows (the inventory's nova_host).
+    usable = {a.nova_host: a for a in agents if not a.stale and a.domains is not None}
     for agent in agents:
-        if agent.host not in usable:
+        if agent.nova_host not in usable:
             why = "agent stale" if agent.stale else "no inventory from the agent yet"
-            unchecked[agent.host] = why
+            unchecked[agent.nova_host] = why
     for host in sorted(set(by_host) - set(usable)):
         unchecked.setdefault(host, "no agent")
     for host in sorted(usable):
@@ -317,7 +318,10 @@ def compute_drift(
 
 
 def hypervisor_state(server: ServerRow, agents: Mapping[str, AgentState]) -> str:
-    """What the server's host agent says of its domain: state, ``missing``, or ``""``."""
+    """What the server's host agent says of its domain: state, ``missing``, or ``""``.
+
+    ``agents`` is keyed by the host name Nova knows (:attr:`AgentState.nova_host`).
+    """
     if not server.host:
         return ""
     agent = agents.get(server.host)

@@ -18,9 +18,20 @@ import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from novaconsole.agentbus import (
+    BodyError,
+    Domain,
+    DomainEvent,
+    Heartbeat,
+    Inventory,
+    Message,
+    ServiceStatus,
+    parse_body,
+)
 
 #: A heartbeat older than this many intervals marks the agent stale.
 STALE_FACTOR = 3.0
@@ -30,6 +41,9 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 MAX_ERRORS = 20
 #: Missing sequence numbers remembered per agent (late arrivals can still fill them).
 MAX_MISSING = 10_000
+
+#: Kinds whose bodies change an agent's state (replies belong to whoever asked).
+_FOLDED = frozenset({"heartbeat", "inventory", "event"})
 
 #: libvirt domain states as one word each (``virsh domstate`` says "shut off").
 _STATE_ALIASES = {
@@ -51,92 +65,64 @@ def normalise_state(value: object) -> str:
     return _STATE_ALIASES.get(text, text.replace(" ", ""))
 
 
-class VerifiedMessage(Protocol):
-    """What the directory reads from a bus message (``novaconsole.agentbus`` ``Message``)."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def ts(self) -> float: ...
-    @property
-    def body(self) -> Any: ...
-
-
-def plain(value: Any) -> Any:
-    """A message body (dataclass, mapping, list) as plain dicts and lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
-def _first(body: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if key in body and body[key] is not None:
-            return body[key]
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class DomainView:
     """One libvirt domain as the agent last reported it (UUID = Nova instance UUID)."""
 
     uuid: str
+    #: libvirt's domain name: Nova's instance name (``instance-0000002a``).
     name: str
     state: str
     reason: str = ""
-    #: Nova's instance name from the domain XML metadata, when present.
+    #: The server's display name from Nova's metadata in the domain XML, when present.
     nova_name: str = ""
 
 
-def domain_view(raw: Mapping[str, Any]) -> DomainView:
-    """A :class:`DomainView` from one domain of an inventory or event body."""
-    meta = raw.get("nova")
-    nova: Mapping[str, Any] = meta if isinstance(meta, Mapping) else {}
+def domain_view(domain: Domain) -> DomainView:
+    """A :class:`DomainView` of one domain of an inventory."""
     return DomainView(
-        uuid=str(raw.get("uuid") or ""),
-        name=str(raw.get("name") or ""),
-        state=normalise_state(_first(raw, "state", "state_name")),
-        reason=str(_first(raw, "reason", "state_reason") or ""),
-        nova_name=str(_first(raw, "nova_name", "instance_name") or nova.get("name") or ""),
+        uuid=domain.uuid,
+        name=domain.name,
+        state=normalise_state(domain.state),
+        reason=domain.reason,
+        nova_name=domain.nova.display_name if domain.nova is not None else "",
     )
 
 
 @dataclass(frozen=True, slots=True)
 class AgentState:
-    """An immutable snapshot of one agent, taken at ``now``."""
+    """An immutable snapshot of one agent, taken at some ``now`` of the directory's clock."""
 
     host: str
+    #: The host name as Nova knows it (from the inventory; the bus host until then).
+    nova_host: str
     version: str
     #: Console-clock time (epoch seconds) of the last message of any kind.
     last_seen: float
-    #: Agent-clock time of the last heartbeat (or any message, before one arrives).
+    #: Agent-clock time of the last heartbeat (or of the first message, before one arrives).
     last_heartbeat: float | None
     heartbeat_age: float | None
     heartbeat_interval: float
     stale: bool
     #: ``connected``, ``disconnected`` or ``""`` (not reported yet).
     libvirt: str
+    libvirt_error: str
     domain_count: int | None
     #: ``None`` until the first inventory: counts come from heartbeats before that.
     domains: tuple[DomainView, ...] | None
+    #: ``running``, ``stopped`` or ``""`` (not reported).
     nova_compute: str
+    #: How many recent ERROR lines nova-compute logged, and the last ones (inventory).
+    error_count: int
     errors: tuple[str, ...]
-    #: Sequence numbers that never arrived (current), and ever detected.
+    #: Sequence numbers that never arrived (now), and ever detected.
     missing: int
     gaps_total: int
     restarts: int
     last_seq: int
     messages: int
-    #: Drift findings on this host; filled by whoever computes drift (see drift.py).
-    drift: int | None = None
+    inventories: int
+    events: int
 
     @property
     def domains_by_uuid(self) -> dict[str, DomainView]:
@@ -146,47 +132,33 @@ class AgentState:
 @dataclass(slots=True)
 class _Record:
     host: str
+    nova_host: str = ""
     version: str = ""
     last_seen: float = 0.0
     last_heartbeat: float | None = None
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     libvirt: str = ""
+    libvirt_error: str = ""
     domain_count: int | None = None
     domains: dict[str, DomainView] | None = None
     nova_compute: str = ""
+    error_count: int = 0
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
+    boot: str | None = None
     last_seq: int = -1
     missing: set[int] = field(default_factory=set)
     gaps_total: int = 0
     restarts: int = 0
     messages: int = 0
+    inventories: int = 0
+    events: int = 0
 
 
-def _libvirt_state(value: Any) -> str:
-    if isinstance(value, bool):
-        return "connected" if value else "disconnected"
-    if isinstance(value, Mapping):
-        return _libvirt_state(_first(value, "connected", "state", "status"))
-    return str(value or "")
-
-
-def _service_state(value: Any) -> str:
-    """``running``/``stopped``... from a service entry (string, bool or mapping)."""
-    if isinstance(value, bool):
-        return "running" if value else "stopped"
-    if isinstance(value, Mapping):
-        state = _first(value, "state", "active", "running", "status")
-        return _service_state(state)
-    return str(value or "")
-
-
-def _services(body: Mapping[str, Any]) -> dict[str, Any]:
-    services = body.get("services")
-    if isinstance(services, Mapping):
-        return dict(services)
-    if isinstance(services, list):
-        return {str(s.get("name")): s for s in services if isinstance(s, Mapping)}
-    return {}
+def _nova_compute(services: Sequence[ServiceStatus]) -> str:
+    for service in services:
+        if service.name == "nova-compute":
+            return "running" if service.running else "stopped"
+    return ""
 
 
 class AgentDirectory:
@@ -205,8 +177,8 @@ class AgentDirectory:
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._changed: set[str] = set()
-        #: Problems with the bus itself (connection lost, ...), newest last.
-        self.bus_errors: deque[str] = deque(maxlen=MAX_ERRORS)
+        #: Bumped on every change; readers cache snapshots against it.
+        self.version = 0
 
     def set_on_dirty(self, callback: Callable[[], None] | None) -> None:
         """Who to wake when the changed set becomes non-empty (the UI's poster)."""
@@ -218,45 +190,54 @@ class AgentDirectory:
 
     # -- writing (bus thread) ----------------------------------------------------------
 
-    def apply(self, message: VerifiedMessage) -> None:
-        """Fold one verified message in; unknown kinds only count as "seen"."""
-        kind = str(message.kind).lower().replace("-", "_")
-        body = plain(message.body)
-        if not isinstance(body, Mapping):
-            body = {}
+    def apply(self, message: Message) -> None:
+        """Fold one verified message in; replies and other kinds only count as "seen".
+
+        A body of the wrong shape is recorded as an error of that agent, never raised:
+        one bad agent must not stop the bus thread.
+        """
+        body: Any = None
+        problem: str | None = None
+        if message.kind in _FOLDED:
+            try:
+                body = parse_body(message.kind, message.body)
+            except BodyError as exc:
+                problem = f"malformed {message.kind} body: {exc}"
         with self._lock:
             record = self._records.get(message.host)
             if record is None:
                 record = self._records[message.host] = _Record(message.host)
             record.last_seen = self._clock()
             record.messages += 1
-            self._sequence(record, int(message.seq))
-            if kind == "heartbeat":
-                self._heartbeat(record, body, float(message.ts))
-            elif kind == "inventory":
+            self._sequence(record, message.seq, message.boot)
+            if problem is not None:
+                record.errors.append(problem)
+            elif isinstance(body, Heartbeat):
+                self._heartbeat(record, body, message.ts)
+            elif isinstance(body, Inventory):
                 self._inventory(record, body)
-            elif kind in ("domain_event", "event", "domain"):
+            elif isinstance(body, DomainEvent):
                 self._event(record, body)
             if record.last_heartbeat is None:
-                record.last_heartbeat = float(message.ts)
+                record.last_heartbeat = message.ts
+            self.version += 1
             wake = not self._changed
             self._changed.add(message.host)
             callback = self._on_dirty
         if wake and callback is not None:
             callback()
 
-    def note_bus_error(self, text: str) -> None:
-        """A bus-level problem (not one agent's); shown by the Agents pane's status."""
-        with self._lock:
-            self.bus_errors.append(text)
-
-    def forget(self, host: str) -> None:
-        with self._lock:
-            if self._records.pop(host, None) is not None:
-                self._changed.add(host)
-
     @staticmethod
-    def _sequence(record: _Record, seq: int) -> None:
+    def _sequence(record: _Record, seq: int | None, boot: str | None) -> None:
+        if boot is not None and boot != record.boot:
+            if record.boot is not None:
+                # A new agent process numbers from scratch: that is no gap.
+                record.restarts += 1
+                record.missing.clear()
+                record.last_seq = -1
+            record.boot = boot
+        if seq is None:
+            return
         last = record.last_seq
         if last < 0 or seq == last + 1:
             record.last_seq = max(seq, last)
@@ -269,84 +250,60 @@ class AgentDirectory:
             record.last_seq = seq
         elif seq in record.missing:
             record.missing.discard(seq)  # a late (replayed) message filled the gap
-        elif seq < last:
-            # Lower than anything seen and not a known gap: the agent restarted its count.
+        elif seq < last and boot is None:
+            # Lower than anything seen and no boot id to tell: the agent restarted its count.
             record.restarts += 1
             record.missing.clear()
             record.last_seq = seq
-        # seq == last: a duplicate; the bus rejects replays, so nothing else to do.
+        # Otherwise a duplicate: the bus rejects replays, nothing more to do.
 
     @staticmethod
-    def _heartbeat(record: _Record, body: Mapping[str, Any], ts: float) -> None:
+    def _heartbeat(record: _Record, body: Heartbeat, ts: float) -> None:
         record.last_heartbeat = ts
-        version = _first(body, "version", "agent_version")
-        if version is not None:
-            record.version = str(version)
-        interval = _first(body, "interval", "heartbeat_interval")
-        if isinstance(interval, int | float) and interval > 0:
-            record.heartbeat_interval = float(interval)
-        libvirt = _first(body, "libvirt", "libvirt_connected", "libvirt_state")
-        if libvirt is not None:
-            record.libvirt = _libvirt_state(libvirt)
-        count = _first(body, "domain_count", "domains")
-        if isinstance(count, int) and not isinstance(count, bool):
-            record.domain_count = count
-        nova = _first(body, "nova_compute", "nova_compute_state")
-        if nova is None:
-            nova = _services(body).get("nova-compute")
-        if nova is not None:
-            record.nova_compute = _service_state(nova)
-        for line in body.get("errors") or ():
-            if str(line) not in record.errors:
-                record.errors.append(str(line))
-
-    def _inventory(self, record: _Record, body: Mapping[str, Any]) -> None:
-        host = body.get("host")
-        facts: Mapping[str, Any] = host if isinstance(host, Mapping) else body
-        version = _first(body, "agent_version", "version") or _first(facts, "agent_version")
-        if version is not None:
-            record.version = str(version)
-        domains = [domain_view(d) for d in body.get("domains") or () if isinstance(d, Mapping)]
-        record.domains = {d.uuid: d for d in domains}
-        record.domain_count = len(domains)
-        libvirt = _first(body, "libvirt", "libvirt_connected", "libvirt_state")
-        if libvirt is not None:
-            record.libvirt = _libvirt_state(libvirt)
-        elif not record.libvirt:
-            record.libvirt = "connected"  # an inventory lists domains only over a connection
-        nova = _services(body).get("nova-compute")
-        if nova is not None:
-            record.nova_compute = _service_state(nova)
-        lines = _first(body, "errors", "nova_compute_errors", "log_errors")
-        if isinstance(lines, list):
-            record.errors.clear()
-            record.errors.extend(str(line) for line in lines[-MAX_ERRORS:])
+        record.version = body.agent_version or record.version
+        if body.interval > 0:
+            record.heartbeat_interval = body.interval
+        record.libvirt = "connected" if body.libvirt_connected else "disconnected"
+        record.libvirt_error = body.libvirt_error or ""
+        record.domain_count = body.domains
+        record.nova_compute = _nova_compute(body.services) or record.nova_compute
+        record.error_count = body.errors
 
     @staticmethod
-    def _event(record: _Record, body: Mapping[str, Any]) -> None:
-        domain = body.get("domain")
-        raw = domain if isinstance(domain, Mapping) else body
-        uuid = str(_first(raw, "uuid", "domain_uuid") or "")
-        if not uuid:
+    def _inventory(record: _Record, body: Inventory) -> None:
+        record.nova_host = body.host.nova_host or record.nova_host
+        record.domains = {d.uuid: domain_view(d) for d in body.domains}
+        record.domain_count = len(record.domains)
+        record.libvirt = "connected" if body.libvirt_connected else "disconnected"
+        record.libvirt_error = body.libvirt_error or ""
+        record.nova_compute = _nova_compute(body.services) or record.nova_compute
+        record.errors.clear()
+        record.errors.extend(body.errors[-MAX_ERRORS:])
+        record.error_count = len(body.errors)
+        record.inventories += 1
+
+    @staticmethod
+    def _event(record: _Record, body: DomainEvent) -> None:
+        record.events += 1
+        if not body.uuid:
             return
         if record.domains is None:
             record.domains = {}
-        event = str(_first(body, "event", "type") or "").lower()
-        state = _first(raw, "state", "state_name")
-        if event in ("undefined", "lifecycle/undefined") or normalise_state(state) == "undefined":
-            record.domains.pop(uuid, None)
-        else:
-            old = record.domains.get(uuid)
-            view = domain_view(raw)
-            if old is not None:
-                view = DomainView(
-                    uuid=uuid,
-                    name=view.name or old.name,
-                    state=view.state or old.state,
-                    reason=view.reason if view.state else old.reason,
-                    nova_name=view.nova_name or old.nova_name,
-                )
-            record.domains[uuid] = view
+        state = normalise_state(body.state)
+        undefined = body.event == "lifecycle" and body.detail.lower().startswith("undefined")
+        if undefined and state in ("", "shutoff", "nostate"):
+            # Undefined while shut off: the domain is gone. (A running transient domain
+            # stays: "undefined" then only dropped its persistent config.)
+            record.domains.pop(body.uuid, None)
+        elif body.event == "lifecycle" or state:
+            old = record.domains.get(body.uuid)
+            record.domains[body.uuid] = DomainView(
+                uuid=body.uuid,
+                name=body.name or (old.name if old else ""),
+                state=state or (old.state if old else ""),
+                reason=body.reason if state else (old.reason if old else ""),
+                nova_name=old.nova_name if old else "",
+            )
         record.domain_count = len(record.domains)
 
     # -- reading (any thread) ----------------------------------------------------------
@@ -371,6 +328,7 @@ class AgentDirectory:
         stale = seen_age > limit or (age is not None and age > limit)
         return AgentState(
             host=record.host,
+            nova_host=record.nova_host or record.host,
             version=record.version,
             last_seen=record.last_seen,
             last_heartbeat=heard,
@@ -378,17 +336,21 @@ class AgentDirectory:
             heartbeat_interval=record.heartbeat_interval,
             stale=stale,
             libvirt=record.libvirt,
+            libvirt_error=record.libvirt_error,
             domain_count=record.domain_count,
             domains=None
             if record.domains is None
             else tuple(sorted(record.domains.values(), key=lambda d: (d.name, d.uuid))),
             nova_compute=record.nova_compute,
+            error_count=record.error_count,
             errors=tuple(record.errors),
             missing=len(record.missing),
             gaps_total=record.gaps_total,
             restarts=record.restarts,
             last_seq=record.last_seq,
             messages=record.messages,
+            inventories=record.inventories,
+            events=record.events,
         )
 
     def snapshot(self, hosts: Iterable[str] | None = None) -> list[AgentState]:

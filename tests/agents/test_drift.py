@@ -45,10 +45,10 @@ def server(
 def agent(host: str = "cmp1", *domains: tuple[str, str], stale: bool = False) -> AgentState:
     views = tuple(DomainView(uuid=u, name=f"instance-{u}", state=s) for u, s in domains)
     return AgentState(
-        host=host, version="1", last_seen=0.0, last_heartbeat=0.0, heartbeat_age=1.0,
-        heartbeat_interval=10.0, stale=stale, libvirt="connected", domain_count=len(views),
-        domains=views, nova_compute="running", errors=(), missing=0, gaps_total=0,
-        restarts=0, last_seq=0, messages=1,
+        host=host, nova_host=host, version="1", last_seen=0.0, last_heartbeat=0.0, heartbeat_age=1.0,
+        heartbeat_interval=10.0, stale=stale, libvirt="connected", libvirt_error="", domain_count=len(views),
+        domains=views, nova_compute="running", error_count=0, errors=(), missing=0,
+        gaps_total=0, restarts=0, last_seq=0, messages=1, inventories=1, events=0,
     )  # fmt: skip
 
 
