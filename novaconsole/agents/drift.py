@@ -118,6 +118,11 @@ class Finding:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """What the console's details view shows."""
+        return self.as_dict()
+
 
 @dataclass(frozen=True, slots=True)
 class DriftReport:
