@@ -1,7 +1,8 @@
 """The agent bus: signed messages between compute agents and consoles over RabbitMQ.
 
 The protocol (keys, envelopes, message bodies) imports neither Textual nor openstacksdk, so
-the agent on a hypervisor stays light; :mod:`novaconsole.agentbus.bus` adds pika.
+the agent on a hypervisor stays light. The endpoints, :class:`~novaconsole.agentbus.bus.ConsoleBus`
+and :class:`~novaconsole.agentbus.bus.AgentBus`, are in :mod:`novaconsole.agentbus.bus` (pika).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from novaconsole.agentbus.messages import (
     ServiceStatus,
     parse_body,
 )
+from novaconsole.agentbus.settings import BusSettings, console_config_path
 
 __all__ = [
     "AGENT_KINDS",
@@ -43,6 +45,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "REASONS",
     "BodyError",
+    "BusSettings",
     "CommandReply",
     "CommandRequest",
     "Disk",
@@ -61,6 +64,7 @@ __all__ = [
     "ServiceStatus",
     "SigningKey",
     "TrustedKey",
+    "console_config_path",
     "generate_key_files",
     "open_envelope",
     "parse_body",

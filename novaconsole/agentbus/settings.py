@@ -1,0 +1,197 @@
+"""Where the bus is and how to trust it: :class:`BusSettings`, from a TOML file.
+
+The console finds its file at ``$NOVACONSOLE_AGENTS_CONFIG``, else
+``$XDG_CONFIG_HOME/novaconsole/agents.toml`` (``~/.config/...``); the agent's config file
+holds the same ``[bus]`` and ``[keys]`` tables (see ``docs/agents.example.toml``). The
+broker password comes from ``password_file`` or the environment variable named by
+``password_env``, never from the file itself, a URL or the command line; it is kept out of
+``repr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from novaconsole.errors import ConfigError
+
+CONFIG_ENV = "NOVACONSOLE_AGENTS_CONFIG"
+DEFAULT_VHOST = "/novaconsole"
+DEFAULT_URL = "amqp://127.0.0.1:5672"
+
+
+def console_config_path(environ: dict[str, str] | None = None) -> Path:
+    """The console's agents.toml: ``$NOVACONSOLE_AGENTS_CONFIG`` or the XDG config dir."""
+    env = os.environ if environ is None else environ
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    return Path(base) / "novaconsole" / "agents.toml"
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """One broker of the list (a RabbitMQ cluster node)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'amqps' if self.tls else 'amqp'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """Everything a bus endpoint needs; ``source`` names the file for error messages."""
+
+    brokers: tuple[BrokerAddress, ...]
+    vhost: str = DEFAULT_VHOST
+    user: str = "guest"
+    password: str = field(default="guest", repr=False)
+    #: The private key this side signs with (console key, or the agent's own key).
+    signing_key: Path | None = None
+    #: The public keys this side trusts (agents' keys for a console, consoles' for an agent).
+    trusted_keys: Path | None = None
+    #: AMQP heartbeat (seconds): how soon a dead TCP connection is noticed.
+    heartbeat: int = 30
+    #: Clock window (seconds) for signed timestamps.
+    window: float = 300.0
+    #: How long a command waits in an agent's queue before it is dropped (seconds).
+    command_ttl: float = 30.0
+    #: Unconfirmed publishes kept for replay after a reconnect.
+    replay_buffer: int = 10_000
+    #: The console's durable queue is ``novaconsole.console.NAME`` (one per console).
+    console_name: str = "console"
+    source: str = "<defaults>"
+
+    @classmethod
+    def load(cls, path: Path) -> BusSettings:
+        """Read ``[bus]`` and ``[keys]`` from a TOML file."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such file") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_tables(data, path)
+
+    @classmethod
+    def from_tables(
+        cls, data: dict[str, Any], path: Path, environ: dict[str, str] | None = None
+    ) -> BusSettings:
+        """Build from a parsed file's ``bus`` and ``keys`` tables (paths relative to it)."""
+        env = os.environ if environ is None else environ
+        bus = _table(data, "bus", path)
+        keys = _table(data, "keys", path)
+        urls = bus.get("urls", [DEFAULT_URL])
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise ConfigError(f"{path}: bus.urls: expected a list of amqp:// URLs")
+        brokers = tuple(_broker(u, path) for u in urls)
+        vhost = _str(bus, "vhost", path, "bus", DEFAULT_VHOST)
+        user = _str(bus, "user", path, "bus", "")
+        password_file = bus.get("password_file")
+        password_env = bus.get("password_env")
+        if "password" in bus:
+            raise ConfigError(
+                f"{path}: bus.password: a password is not kept in this file; "
+                "use bus.password_file or bus.password_env"
+            )
+        password = ""
+        if password_file is not None:
+            if not isinstance(password_file, str):
+                raise ConfigError(f"{path}: bus.password_file: expected a path")
+            pw_path = _path(password_file, path)
+            try:
+                password = pw_path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{path}: bus.password_file: {pw_path}: {exc.strerror}") from exc
+        elif password_env is not None:
+            if not isinstance(password_env, str) or not password_env:
+                raise ConfigError(f"{path}: bus.password_env: expected a variable name")
+            if password_env not in env:
+                raise ConfigError(
+                    f"{path}: bus.password_env: environment variable {password_env} is not set"
+                )
+            password = env[password_env]
+        elif user and user != "guest":
+            raise ConfigError(f"{path}: bus: user {user!r} needs password_file or password_env")
+        if not user:
+            user, password = "guest", password or "guest"
+        return cls(
+            brokers=brokers,
+            vhost=vhost,
+            user=user,
+            password=password,
+            signing_key=_opt_path(keys, "signing_key", path),
+            trusted_keys=_opt_path(keys, "trusted", path),
+            heartbeat=int(_num(bus, "heartbeat", path, 30, lo=0, hi=600)),
+            window=_num(bus, "clock_window", path, 300.0, lo=1, hi=86400),
+            command_ttl=_num(bus, "command_ttl", path, 30.0, lo=1, hi=3600),
+            replay_buffer=int(_num(bus, "replay_buffer", path, 10_000, lo=1, hi=1_000_000)),
+            console_name=_str(bus, "console_name", path, "bus", "console"),
+            source=str(path),
+        )
+
+
+def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {name}: expected a table [{name}]")
+    return value
+
+
+def _str(table: dict[str, Any], key: str, path: Path, section: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {section}.{key}: expected a string")
+    return value
+
+
+def _num(
+    table: dict[str, Any], key: str, path: Path, default: float, *, lo: float, hi: float
+) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(f"{path}: bus.{key}: expected a number from {lo:g} to {hi:g}")
+    return float(value)
+
+
+def _path(value: str, path: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else path.parent / p
+
+
+def _opt_path(table: dict[str, Any], key: str, path: Path) -> Path | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: keys.{key}: expected a path")
+    return _path(value, path)
+
+
+def _broker(url: str, path: Path) -> BrokerAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(f"{path}: bus.urls: {parts.scheme or '?'}://... is not an amqp:// URL")
+    if parts.password is not None or parts.username is not None:
+        raise ConfigError(
+            f"{path}: bus.urls: credentials do not go in URLs; use bus.user and bus.password_file"
+        )
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"{path}: bus.urls: put the vhost in bus.vhost, not the URL")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{path}: bus.urls: {parts.hostname}: bad port") from exc
+    tls = parts.scheme == "amqps"
+    return BrokerAddress(parts.hostname, port or (5671 if tls else 5672), tls)
