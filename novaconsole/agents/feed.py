@@ -8,32 +8,33 @@ or broker; panes show that line instead of rows, and every other pane carries on
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from novaconsole.agentbus.bus import ConsoleBus, Latest
+from novaconsole.agentbus.settings import CONFIG_ENV, BusSettings, console_config_path
 from novaconsole.agents.drift import DriftReport, NovaTimers, compute_drift, hypervisor_state
 from novaconsole.agents.model import AgentDirectory, AgentState
 from novaconsole.errors import ConfigError, NovaconsoleError
 from novaconsole.sources.base import CloudSource
 from novaconsole.sources.rows import ServerRow
 
-CONFIG_ENV = "NOVACONSOLE_AGENTS_CONFIG"
+LOG = logging.getLogger("novaconsole.agents")
+
+#: How long the console waits for the broker before saying it is unreachable (it keeps trying).
+CONNECT_WAIT = 10.0
 #: How old the hypervisor-state view of the Servers column may get before a re-read.
 VIEW_MAX_AGE = 1.0
 
 
 def agents_config_path() -> Path:
-    """The console's agents.toml: ``$NOVACONSOLE_AGENTS_CONFIG`` or the XDG config dir."""
-    explicit = os.environ.get(CONFIG_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "novaconsole" / "agents.toml"
+    """The console's agents.toml (``$NOVACONSOLE_AGENTS_CONFIG`` or the XDG config dir)."""
+    return console_config_path()
 
 
 #: How to configure agents (the hint of the "not configured" error).
@@ -146,3 +147,70 @@ class AgentFeed:
         if self.stopper is not None:
             stopper, self.stopper = self.stopper, None
             stopper()
+
+
+def load_bus_settings() -> BusSettings:
+    """The console's bus settings; a missing file is "not configured", with the hint."""
+    path = agents_config_path()
+    if not path.exists():
+        raise not_configured(path)
+    return BusSettings.load(path)
+
+
+def seed_from_latest(directory: AgentDirectory, latest: Mapping[str, Latest]) -> None:
+    """Fold the broker's last-value heartbeat and inventory of each agent into ``directory``.
+
+    The heartbeat first: it carries the last sequence number the agent had sent, so
+    folding the (older) inventory after it is no gap.
+    """
+    directory.expect(latest)
+    for entry in latest.values():
+        if entry.heartbeat is not None:
+            directory.apply(entry.heartbeat)
+        if entry.inventory is not None:
+            directory.apply(entry.inventory)
+
+
+def open_agent_feed(*, connect_wait: float = CONNECT_WAIT) -> AgentFeed:
+    """The console's feed: the bus consumer in its own threads, never blocking the caller.
+
+    A missing or bad config is a failed feed at once. Otherwise the bus starts retrying in
+    the background; if it is not connected after ``connect_wait`` seconds the feed says so
+    (the panes show it) and clears that as soon as the broker answers.
+    """
+    try:
+        settings = load_bus_settings()
+        bus = ConsoleBus(settings)
+    except NovaconsoleError as exc:
+        return AgentFeed.failed(exc)
+    feed = AgentFeed()
+    feed.directory.expect(bus.agents.hosts())
+    brokers = ", ".join(str(b) for b in settings.brokers)
+    where = f"agent bus {brokers} vhost {settings.vhost} (from {settings.source})"
+    stopped = threading.Event()
+
+    def connect() -> None:
+        bus.start(feed.directory.apply, wait=None)
+        while not stopped.is_set():
+            if bus.connected.wait(connect_wait):
+                break
+            if feed.error is None:
+                feed.error = f"{where}: not connected after {connect_wait:g} s (still trying)"
+                feed.directory.touch()
+        if stopped.is_set():
+            return
+        try:
+            seed_from_latest(feed.directory, bus.latest(timeout=connect_wait))
+        except NovaconsoleError as exc:
+            LOG.warning("%s: reading the agents' latest state: %s", where, exc.one_line())
+        if feed.error is not None:
+            feed.error = None
+        feed.directory.touch()
+
+    def stop() -> None:
+        stopped.set()
+        bus.stop()
+
+    feed.stopper = stop
+    threading.Thread(target=connect, name="agent-feed-connect", daemon=True).start()
+    return feed

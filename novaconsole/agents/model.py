@@ -42,6 +42,8 @@ MAX_ERRORS = 20
 #: Missing sequence numbers remembered per agent (late arrivals can still fill them).
 MAX_MISSING = 10_000
 
+#: The "host" :meth:`AgentDirectory.drain_changes` reports when the feed itself changed.
+FEED_CHANGED = "*"
 #: Kinds whose bodies change an agent's state (replies belong to whoever asked).
 _FOLDED = frozenset({"heartbeat", "inventory", "event"})
 
@@ -152,6 +154,8 @@ class _Record:
     messages: int = 0
     inventories: int = 0
     events: int = 0
+    #: The sequence number of the inventory the domains come from (this boot).
+    inventory_seq: int = -1
 
 
 def _nova_compute(services: Sequence[ServiceStatus]) -> str:
@@ -215,9 +219,13 @@ class AgentDirectory:
             elif isinstance(body, Heartbeat):
                 self._heartbeat(record, body, message.ts)
             elif isinstance(body, Inventory):
-                self._inventory(record, body)
+                if self._newer_than_inventory(record, message):
+                    self._inventory(record, body)
+                    record.inventory_seq = message.seq if message.seq is not None else -1
             elif isinstance(body, DomainEvent):
-                self._event(record, body)
+                record.events += 1
+                if self._newer_than_inventory(record, message):
+                    self._event(record, body)
             if record.last_heartbeat is None:
                 record.last_heartbeat = message.ts
             self.version += 1
@@ -227,6 +235,37 @@ class AgentDirectory:
         if wake and callback is not None:
             callback()
 
+    def touch(self) -> None:
+        """Something about the feed itself changed (connected, lost): wake the readers."""
+        with self._lock:
+            self.version += 1
+            wake = not self._changed
+            self._changed.add(FEED_CHANGED)
+            callback = self._on_dirty
+        if wake and callback is not None:
+            callback()
+
+    def expect(self, hosts: Iterable[str]) -> None:
+        """Agents that should exist (enrolled keys): never heard of means stale, not absent."""
+        with self._lock:
+            for host in hosts:
+                if host not in self._records:
+                    self._records[host] = _Record(host)
+                    self._changed.add(host)
+            self.version += 1
+
+    @staticmethod
+    def _newer_than_inventory(record: _Record, message: Message) -> bool:
+        """Whether ``message`` comes after the inventory the domains were taken from.
+
+        An inventory numbered N already reflects every event before N; an older event
+        (say, from the console's durable queue after a restart, read after the latest
+        inventory) must not roll a domain's state back.
+        """
+        if message.seq is None or record.inventory_seq < 0:
+            return True
+        return message.seq > record.inventory_seq
+
     @staticmethod
     def _sequence(record: _Record, seq: int | None, boot: str | None) -> None:
         if boot is not None and boot != record.boot:
@@ -235,6 +274,7 @@ class AgentDirectory:
                 record.restarts += 1
                 record.missing.clear()
                 record.last_seq = -1
+            record.inventory_seq = -1
             record.boot = boot
         if seq is None:
             return
@@ -259,6 +299,8 @@ class AgentDirectory:
 
     @staticmethod
     def _heartbeat(record: _Record, body: Heartbeat, ts: float) -> None:
+        if record.last_heartbeat is not None and ts < record.last_heartbeat:
+            return  # an older heartbeat (a last-value read racing a live one)
         record.last_heartbeat = ts
         record.version = body.agent_version or record.version
         if body.interval > 0:
@@ -284,7 +326,6 @@ class AgentDirectory:
 
     @staticmethod
     def _event(record: _Record, body: DomainEvent) -> None:
-        record.events += 1
         if not body.uuid:
             return
         if record.domains is None:

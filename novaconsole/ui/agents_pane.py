@@ -156,7 +156,8 @@ class AgentsPane(AgentPaneBase):
             Column("version", "Version", lambda r: r.state.version),
             Column(
                 "heartbeat", "Heartbeat", lambda r: r.state.heartbeat_age,
-                lambda v: age(v) + " ago" if isinstance(v, int | float) else "", numeric=True,
+                lambda v: age(v) + " ago" if isinstance(v, int | float) else "never",
+                numeric=True,
             ),
             Column("stale", "Stale", lambda r: "STALE" if r.state.stale else ""),
             Column("libvirt", "libvirt", lambda r: _libvirt(r.state), max_width=30),

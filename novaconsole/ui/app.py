@@ -21,6 +21,7 @@ from textual.widgets import ContentSwitcher, Footer, Input
 from textual.worker import Worker, WorkerState
 
 from novaconsole.agents.feed import AgentFeed
+from novaconsole.agents.model import FEED_CHANGED
 from novaconsole.errors import NovaconsoleError
 from novaconsole.plugins import PluginManager
 from novaconsole.sources.base import CloudSource
@@ -209,7 +210,7 @@ class NovaConsoleApp(App[int]):
             self.set_interval(self.settings.refresh, self.poll_visible_pane, name="auto-refresh")
         self.switch_cloud(self.cloud_name)
         self._load_cloud_names()
-        if self.agent_feed is not None and self.agent_feed.error is None:
+        if self.agent_feed is not None:
             # Called on the bus thread; post_message is thread-safe and never blocks it.
             self.agent_feed.directory.set_on_dirty(self._wake_agents)
             self.set_interval(1.0, self._agents_tick, name="agents-tick")
@@ -460,7 +461,11 @@ class NovaConsoleApp(App[int]):
         if not changed:
             return
         for pane in self.panes:
-            if isinstance(pane, AgentPaneBase) and pane.loaded_at is not None:
+            if not isinstance(pane, AgentPaneBase):
+                continue
+            if FEED_CHANGED in changed:  # connected or lost: load again, error or rows
+                pane.refresh_data()
+            elif pane.loaded_at is not None:
                 pane.agents_changed()
         servers = self.pane(ServersPane.pane_name)
         rows = list(servers.table.data.rows)

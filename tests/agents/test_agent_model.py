@@ -204,3 +204,29 @@ def test_state_names_and_json() -> None:
     assert data["domains"] == [
         {"uuid": "u", "name": "n", "state": "running", "reason": "", "nova_name": "vm-n"}
     ]
+
+
+def test_an_event_older_than_the_inventory_does_not_roll_back() -> None:
+    """After a console restart the latest inventory may be read before older queued events."""
+    directory = AgentDirectory(clock=Clock())
+    directory.apply(msg("inventory", "h", 7, inventory(("u1", "a", "running"))))
+    stale_event = DomainEvent("u1", "a", "lifecycle", "stopped", "destroyed", 0.0, "shut off")
+    directory.apply(msg("event", "h", 5, stale_event))
+    state = directory.get("h")
+    assert state is not None
+    assert state.domains is not None
+    assert state.domains[0].state == "running"
+    directory.apply(msg("event", "h", 8, stale_event))
+    state = directory.get("h")
+    assert state is not None
+    assert state.domains is not None
+    assert state.domains[0].state == "shutoff"
+
+
+def test_an_expected_agent_never_heard_of_is_stale() -> None:
+    directory = AgentDirectory(clock=Clock())
+    directory.expect(["quiet"])
+    state = directory.get("quiet")
+    assert state is not None
+    assert state.stale
+    assert state.heartbeat_age is None
