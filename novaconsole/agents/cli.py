@@ -69,7 +69,16 @@ def agent_table_rows(states: list[AgentState]) -> list[dict[str, Any]]:
     ]
 
 
+def _quiet_logs() -> None:
+    """The bus logs each failed connect attempt; unconfigured, Python's last-resort handler
+    would print them next to our one-line error. A NullHandler stops that and still lets
+    records reach any handler the application configured (verify does the same)."""
+    for name in ("novaconsole.agentbus", "pika", "keystoneauth", "openstack"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+
+
 def _check_timeout(args: argparse.Namespace) -> float:
+    _quiet_logs()
     timeout = float(args.timeout)
     if not timeout > 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
@@ -96,8 +105,6 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     from novaconsole.sources.openstack_source import open_cloud_source
 
     timeout = _check_timeout(args)
-    for name in ("keystoneauth", "openstack"):  # see verify: no stray SDK warnings
-        logging.getLogger(name).addHandler(logging.NullHandler())
     load_bus_settings()  # a missing or bad agents config fails before any connection
 
     def nova() -> NovaView:
