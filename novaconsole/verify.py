@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from novaconsole.cloud import connect, default_cloud_name, describe_failure
@@ -367,9 +369,34 @@ def authenticate(conn: Any, where: str) -> None:
         raise describe_failure(exc, where) from exc
 
 
+def agents_config_path() -> Path:
+    """The console's agents.toml: the rule of ``agentbus.settings.console_config_path``.
+
+    Repeated here because importing ``novaconsole.agentbus`` loads cryptography, which
+    verify otherwise never needs (a test keeps the two rules equal).
+    """
+    if os.environ.get("NOVACONSOLE_AGENTS_CONFIG"):
+        return Path(os.environ["NOVACONSOLE_AGENTS_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "novaconsole" / "agents.toml"
+
+
+def agent_checks() -> list[Check]:
+    """``compute-agents`` where agents are configured (their config file exists), else none.
+
+    Imported lazily: without agents, verify never loads the bus (pika, cryptography).
+    """
+    if not agents_config_path().exists():
+        return []
+    from novaconsole.agents.checks import agents_check
+
+    return [agents_check()]
+
+
 def collect_checks(plugin_manager: Any | None) -> list[Check]:
     """Built-in checks, then plugins' (``novaconsole_verify_checks``), names unique."""
     checks = builtin_checks()
+    checks.extend(agent_checks())
     if plugin_manager is not None:
         for contributed in plugin_manager.hook.novaconsole_verify_checks():
             checks.extend(contributed or ())
