@@ -147,3 +147,52 @@ def test_drift_finds_the_domain_missing_from_the_inventory(
         assert checks["compute-agents"]["facts"]["live"] == ["vm"]
     finally:
         agent.stop()
+
+
+def test_drift_finds_a_deleted_server_still_running(lab_cloud: str, kit: BusKit) -> None:
+    """Nova's own deleted list (``deleted=True``, admins): a domain of one is reap-able."""
+    import openstack
+
+    conn = openstack.connect(cloud=lab_cloud)
+    try:
+        body = conn.compute.get(
+            "/servers/detail",
+            params={"all_tenants": "True", "deleted": "True", "limit": 1},
+            microversion="2.69",
+        ).json()
+    finally:
+        conn.close()
+    if not body["servers"]:
+        pytest.skip("the lab has no deleted (unarchived) server to pretend is still running")
+    gone = body["servers"][0]
+    agent = AgentBus(kit.agent_settings("vm"), "vm", refuse)
+    agent.start()
+    try:
+        assert agent.connected.wait(10), "agent bus did not connect"
+        agent.publish_heartbeat(Heartbeat("lab-test", 0.0, 10.0, True, "qemu:///system", 1))
+        agent.publish_inventory(
+            Inventory(
+                host=HostFacts(hostname="vm", nova_host="vm"),
+                domains=[Domain(gone["id"], "instance-deleted", "running", "booted")],
+            )
+        )
+
+        def published() -> bool:
+            with ConsoleBus(kit.console_settings()) as bus:
+                bus.start(wait=10)
+                latest = bus.latest(timeout=10).get("vm")
+            return latest is not None and latest.inventory is not None
+
+        wait_for("the agent's inventory on the broker", published)
+        proc = run_novaconsole(
+            "--os-cloud", lab_cloud, "drift", "-f", "json", env=kit.env(), timeout=120
+        )
+        assert proc.returncode == 1, proc.stderr
+        report = json.loads(proc.stdout)
+        mine = [f for f in report["findings"] if f["server_id"] == gone["id"]]
+        assert [f["kind"] for f in mine] == ["deleted-but-running"]
+        assert mine[0]["nova"].startswith("DELETED/deleted")
+        assert mine[0]["nova_action"].startswith("reap")
+        assert "_cleanup_running_deleted_instances" in mine[0]["when"]
+    finally:
+        agent.stop()
