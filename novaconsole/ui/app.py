@@ -138,6 +138,8 @@ class NovaConsoleApp(App[int]):
         if agent_feed is not None:
             self.pane_classes += [AgentsPane, DriftPane]
         self._agents_flush_pending = False
+        #: Panes whose rows changed on the bus while they were not visible.
+        self._agents_dirty: set[str] = set()
         taken = {p.pane_name for p in self.pane_classes}
         for spec in _flatten(plugin_manager.hook.novaconsole_console_panes()):
             if not isinstance(spec, ConsolePane):
@@ -303,6 +305,8 @@ class NovaConsoleApp(App[int]):
         )
         if stale and pane.error is None and not pane.is_loading and pane.source is not None:
             pane.refresh_data()
+        else:
+            self._rebuild_live(pane)
         self._show_tabs()
         self._show_header()
         self.refresh_bindings()
@@ -441,7 +445,7 @@ class NovaConsoleApp(App[int]):
     # -- live agent updates ------------------------------------------------------------
 
     #: Seconds the app waits after a wake-up before draining, so bursts coalesce.
-    AGENTS_FLUSH_DELAY = 0.2
+    AGENTS_FLUSH_DELAY = 0.3
 
     def _wake_agents(self) -> None:
         self.post_message(AgentsChanged())
@@ -461,16 +465,25 @@ class NovaConsoleApp(App[int]):
         if not changed:
             return
         for pane in self.panes:
-            if not isinstance(pane, AgentPaneBase):
-                continue
-            if FEED_CHANGED in changed:  # connected or lost: load again, error or rows
-                pane.refresh_data()
-            elif pane.loaded_at is not None:
-                pane.agents_changed()
+            if isinstance(pane, AgentPaneBase) and FEED_CHANGED in changed:
+                pane.refresh_data()  # connected or lost: load again, error or rows
+            elif isinstance(pane, AgentPaneBase) and pane.loaded_at is not None:
+                self._agents_dirty.add(pane.pane_name)
         servers = self.pane(ServersPane.pane_name)
-        rows = list(servers.table.data.rows)
-        if rows and any(getattr(r, "host", None) in changed for r in rows):
-            rebuild_rows(servers, lambda: rows)
+        if any(getattr(r, "host", None) in changed for r in servers.table.data.rows):
+            self._agents_dirty.add(servers.pane_name)
+        # Only the visible pane redraws now; the others when they are shown (show_pane).
+        self._rebuild_live(self.active_pane)
+
+    def _rebuild_live(self, pane: ResourcePane) -> None:
+        if pane.pane_name not in self._agents_dirty:
+            return
+        self._agents_dirty.discard(pane.pane_name)
+        if isinstance(pane, AgentPaneBase):
+            pane.agents_changed()
+        else:
+            rows = list(pane.table.data.rows)
+            rebuild_rows(pane, lambda: rows)
 
     def _agents_tick(self) -> None:
         """Heartbeat ages and stale marks change with time alone: redraw the visible pane."""

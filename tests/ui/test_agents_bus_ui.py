@@ -62,6 +62,8 @@ async def test_a_real_event_updates_the_panes_without_a_poll(kit: BusKit) -> Non
     try:
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
+            await pilot.press("5")
+            await settle(pilot)
             servers = app.pane("servers")
             column = [c.key for c in servers.columns].index("hypervisor")
 
