@@ -9,7 +9,8 @@ panes' rows in thread workers from the directory and the last Nova view.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -127,19 +128,45 @@ class AgentPaneBase(ResourcePane):
         rebuild_rows(self, lambda: self.live_rows(feed))
 
 
-def rebuild_rows(pane: ResourcePane, rows: Any) -> None:
+#: Guards the per-pane "rebuild running / asked again" state below.
+_LIVE_LOCK = threading.Lock()
+
+
+def rebuild_rows(pane: ResourcePane, rows: Callable[[], Sequence[Any]]) -> None:
     """Re-prepare ``pane``'s table from ``rows()`` in a thread and post it as a live update.
 
     Posted as a non-final ``Loaded`` of the pane's current generation: the table keeps its
     filter, sort and cursor, and the "refreshed" time stays that of the last poll.
+
+    Single-flight per pane: while a rebuild runs, newer requests only replace one pending
+    request, which the running worker picks up when done. (A thread worker cannot be
+    cancelled, so "exclusive" workers would pile up on a loaded machine and starve the UI
+    of the GIL.)
     """
-    generation, columns = pane.generation, list(pane.columns)
+    with _LIVE_LOCK:
+        if getattr(pane, "_live_busy", False):
+            pane._live_again = rows  # type: ignore[attr-defined]
+            return
+        pane._live_busy = True  # type: ignore[attr-defined]
+        pane._live_again = None  # type: ignore[attr-defined]
 
     def work() -> None:
-        data = prepare_table(columns, rows(), pane.row_id, pane.row_style)
-        pane.post_message(ResourcePane.Loaded(pane, generation, data, pane.clock(), False))
+        current: Callable[[], Sequence[Any]] | None = rows
+        try:
+            while current is not None:
+                generation, columns = pane.generation, list(pane.columns)
+                data = prepare_table(columns, current(), pane.row_id, pane.row_style)
+                pane.post_message(ResourcePane.Loaded(pane, generation, data, pane.clock(), False))
+                with _LIVE_LOCK:
+                    current, pane._live_again = pane._live_again, None  # type: ignore[attr-defined]
+                    if current is None:
+                        pane._live_busy = False  # type: ignore[attr-defined]
+        except BaseException:
+            with _LIVE_LOCK:
+                pane._live_busy = False  # type: ignore[attr-defined]
+            raise
 
-    pane.run_worker(work, thread=True, exclusive=True, group="agents-live", exit_on_error=False)
+    pane.run_worker(work, thread=True, group="agents-live", exit_on_error=False)
 
 
 class AgentsPane(AgentPaneBase):
