@@ -239,18 +239,96 @@ def _server_finding(
     return None
 
 
+@dataclass
+class DriftCache:
+    """Per-host findings kept between calls, so a live redraw only re-judges changed hosts.
+
+    A host's findings depend on Nova's view (``nova``, compared by identity) and on that
+    agent's domains, which change only with an inventory, an event or a restart.
+    """
+
+    nova: object = None
+    hosts: dict[str, tuple[tuple[int, int, int, int], list[Finding]]] = field(default_factory=dict)
+
+
+def _host_findings(
+    host: str,
+    agent: AgentState,
+    on_host: Sequence[ServerRow],
+    live_by_id: Mapping[str, ServerRow],
+    deleted_by_id: Mapping[str, ServerRow],
+    timers: NovaTimers,
+) -> list[Finding]:
+    findings: list[Finding] = []
+    domains = agent.domains_by_uuid
+    for server in on_host:
+        finding = _server_finding(server, host, domains.get(server.id), timers)
+        if finding is not None:
+            findings.append(finding)
+    known_here = {s.id for s in on_host}
+    for domain in sorted(domains.values(), key=lambda d: (d.name, d.uuid)):
+        if domain.uuid in known_here:
+            continue
+        seen = domain.state + (f" ({domain.reason})" if domain.reason else "")
+        gone = deleted_by_id.get(domain.uuid)
+        if gone is not None:
+            what, when = _deleted_action(timers)
+            running = NOVA_POWER.get(domain.state) not in ("SHUTDOWN", "CRASHED", "NOSTATE")
+            findings.append(
+                Finding(
+                    DELETED_RUNNING, host, gone.id, gone.name, _nova_view(gone), seen,
+                    f"deleted in Nova but {'running' if running else 'still defined'} on {host}",
+                    what, when,
+                )
+            )  # fmt: skip
+            continue
+        elsewhere = live_by_id.get(domain.uuid)
+        label = domain.nova_name or domain.name
+        if elsewhere is not None:
+            summary = f"domain {label} on {host}, but Nova places it on {elsewhere.host}"
+            name, nova = elsewhere.name, f"{_nova_view(elsewhere)} on {elsewhere.host}"
+        else:
+            summary = f"domain {label} on {host} is no server Nova knows"
+            name, nova = domain.name, "(unknown)"
+        findings.append(
+            Finding(
+                UNKNOWN, host, domain.uuid, name, nova, seen, summary,
+                "nothing: no periodic task looks at domains that are not its instances",
+                "never",
+            )
+        )  # fmt: skip
+    if len(on_host) != len(domains):
+        findings.append(
+            Finding(
+                COUNT, host, "", "", f"{len(on_host)} instances", f"{len(domains)} domains",
+                f"Nova has {len(on_host)} instances on {host}, libvirt {len(domains)} domains",
+                'log "While synchronizing instance power states, found N instances in the '
+                'database and M instances on the hypervisor" and nothing else',
+                _sync_when(timers, False),
+            )
+        )  # fmt: skip
+    return findings
+
+
 def compute_drift(
     servers: Sequence[ServerRow],
     deleted: Sequence[ServerRow],
     agents: Sequence[AgentState],
     timers: NovaTimers | None = None,
+    *,
+    cache: DriftCache | None = None,
+    nova_key: object = None,
 ) -> DriftReport:
     """Compare Nova (live and deleted servers) with every live agent's last inventory.
 
     Hosts whose agent is stale or has sent no inventory yet are not judged (their view
     is missing or old); they are listed in ``unchecked_hosts`` when Nova has servers there.
+    With a ``cache`` (and ``nova_key`` naming the Nova view, by identity), hosts whose
+    agent sent no inventory or event since the last call keep their findings.
     """
     timers = timers or NovaTimers()
+    if cache is not None and (nova_key is None or cache.nova is not nova_key):
+        cache.nova, cache.hosts = nova_key, {}
     live_by_id = {s.id: s for s in servers}
     deleted_by_id = {s.id: s for s in deleted if s.id not in live_by_id}
     by_host: dict[str, list[ServerRow]] = {}
@@ -271,54 +349,16 @@ def compute_drift(
     for host in sorted(usable):
         agent = usable[host]
         checked.append(host)
-        domains = agent.domains_by_uuid
+        key = (agent.inventories, agent.events, agent.restarts, len(agent.domains or ()))
+        cached = cache.hosts.get(host) if cache is not None and nova_key is not None else None
+        if cached is not None and cached[0] == key:
+            findings.extend(cached[1])
+            continue
         on_host = sorted(by_host.get(host, ()), key=lambda s: (s.name, s.id))
-        for server in on_host:
-            finding = _server_finding(server, host, domains.get(server.id), timers)
-            if finding is not None:
-                findings.append(finding)
-        known_here = {s.id for s in on_host}
-        for domain in sorted(domains.values(), key=lambda d: (d.name, d.uuid)):
-            if domain.uuid in known_here:
-                continue
-            seen = domain.state + (f" ({domain.reason})" if domain.reason else "")
-            gone = deleted_by_id.get(domain.uuid)
-            if gone is not None:
-                what, when = _deleted_action(timers)
-                running = NOVA_POWER.get(domain.state) not in ("SHUTDOWN", "CRASHED", "NOSTATE")
-                findings.append(
-                    Finding(
-                        DELETED_RUNNING, host, gone.id, gone.name, _nova_view(gone), seen,
-                        f"deleted in Nova but {'running' if running else 'still defined'} on {host}",
-                        what, when,
-                    )
-                )  # fmt: skip
-                continue
-            elsewhere = live_by_id.get(domain.uuid)
-            label = domain.nova_name or domain.name
-            if elsewhere is not None:
-                summary = f"domain {label} on {host}, but Nova places it on {elsewhere.host}"
-                name, nova = elsewhere.name, f"{_nova_view(elsewhere)} on {elsewhere.host}"
-            else:
-                summary = f"domain {label} on {host} is no server Nova knows"
-                name, nova = domain.name, "(unknown)"
-            findings.append(
-                Finding(
-                    UNKNOWN, host, domain.uuid, name, nova, seen, summary,
-                    "nothing: no periodic task looks at domains that are not its instances",
-                    "never",
-                )
-            )  # fmt: skip
-        if len(on_host) != len(domains):
-            findings.append(
-                Finding(
-                    COUNT, host, "", "", f"{len(on_host)} instances", f"{len(domains)} domains",
-                    f"Nova has {len(on_host)} instances on {host}, libvirt {len(domains)} domains",
-                    'log "While synchronizing instance power states, found N instances in the '
-                    'database and M instances on the hypervisor" and nothing else',
-                    _sync_when(timers, False),
-                )
-            )  # fmt: skip
+        found = _host_findings(host, agent, on_host, live_by_id, deleted_by_id, timers)
+        if cache is not None and nova_key is not None:
+            cache.hosts[host] = (key, found)
+        findings.extend(found)
     return DriftReport(tuple(findings), tuple(checked), unchecked)
 
 

@@ -18,7 +18,13 @@ from typing import Any
 
 from novaconsole.agentbus.bus import ConsoleBus, Latest
 from novaconsole.agentbus.settings import CONFIG_ENV, BusSettings, console_config_path
-from novaconsole.agents.drift import DriftReport, NovaTimers, compute_drift, hypervisor_state
+from novaconsole.agents.drift import (
+    DriftCache,
+    DriftReport,
+    NovaTimers,
+    compute_drift,
+    hypervisor_state,
+)
 from novaconsole.agents.model import AgentDirectory, AgentState
 from novaconsole.errors import ConfigError, NovaconsoleError
 from novaconsole.sources.base import CloudSource
@@ -90,6 +96,8 @@ class AgentFeed:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _view: dict[str, AgentState] = field(default_factory=dict)
     _view_key: tuple[int, float] = (-1, 0.0)
+    _drift: DriftCache = field(default_factory=DriftCache)
+    _drift_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- Nova --------------------------------------------------------------------------
 
@@ -116,7 +124,10 @@ class AgentFeed:
         if not nova.fetched:
             return None
         agents = self.states() if states is None else states
-        return compute_drift(nova.servers, nova.deleted, agents, self.timers)
+        with self._drift_lock:  # one cache, used by whichever pane redraws
+            return compute_drift(
+                nova.servers, nova.deleted, agents, self.timers, cache=self._drift, nova_key=nova
+            )
 
     def states_by_nova_host(self) -> dict[str, AgentState]:
         """Agents keyed by Nova's host name; re-read when they changed or a second passed.

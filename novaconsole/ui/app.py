@@ -7,6 +7,7 @@ a recorded fake source, the CLI the real openstacksdk one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path, PurePath
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Input
@@ -140,6 +142,7 @@ class NovaConsoleApp(App[int]):
         self._agents_flush_pending = False
         #: Panes whose rows changed on the bus while they were not visible.
         self._agents_dirty: set[str] = set()
+        self._agents_last_live = 0.0
         taken = {p.pane_name for p in self.pane_classes}
         for spec in _flatten(plugin_manager.hook.novaconsole_console_panes()):
             if not isinstance(spec, ConsolePane):
@@ -445,7 +448,7 @@ class NovaConsoleApp(App[int]):
     # -- live agent updates ------------------------------------------------------------
 
     #: Seconds the app waits after a wake-up before draining, so bursts coalesce.
-    AGENTS_FLUSH_DELAY = 0.3
+    AGENTS_FLUSH_DELAY = 0.5
 
     def _wake_agents(self) -> None:
         self.post_message(AgentsChanged())
@@ -469,7 +472,10 @@ class NovaConsoleApp(App[int]):
                 pane.refresh_data()  # connected or lost: load again, error or rows
             elif isinstance(pane, AgentPaneBase) and pane.loaded_at is not None:
                 self._agents_dirty.add(pane.pane_name)
-        servers = self.pane(ServersPane.pane_name)
+        try:
+            servers = self.pane(ServersPane.pane_name)
+        except NoMatches:  # the app is shutting down and its panes are gone
+            return
         if any(getattr(r, "host", None) in changed for r in servers.table.data.rows):
             self._agents_dirty.add(servers.pane_name)
         # Only the visible pane redraws now; the others when they are shown (show_pane).
@@ -479,6 +485,7 @@ class NovaConsoleApp(App[int]):
         if pane.pane_name not in self._agents_dirty:
             return
         self._agents_dirty.discard(pane.pane_name)
+        self._agents_last_live = time.monotonic()
         if isinstance(pane, AgentPaneBase):
             pane.agents_changed()
         else:
@@ -487,8 +494,12 @@ class NovaConsoleApp(App[int]):
 
     def _agents_tick(self) -> None:
         """Heartbeat ages and stale marks change with time alone: redraw the visible pane."""
-        pane = self.active_pane
-        if isinstance(pane, AgentPaneBase) and pane.loaded_at is not None:
+        try:
+            pane = self.active_pane
+        except NoMatches:
+            return
+        recent = time.monotonic() - self._agents_last_live < 1.0  # a live redraw just ran
+        if isinstance(pane, AgentPaneBase) and pane.loaded_at is not None and not recent:
             pane.agents_changed()
 
     # -- failures ----------------------------------------------------------------------

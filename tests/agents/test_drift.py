@@ -141,3 +141,23 @@ def test_hypervisor_state_column() -> None:
     assert hypervisor_state(server("b"), agents) == "missing"
     assert hypervisor_state(server("c", host="cmp2"), agents) == "missing (stale)"
     assert hypervisor_state(server("e", host="cmp9"), agents) == ""
+
+
+def test_cache_keeps_unchanged_hosts_and_rejudges_changed_ones() -> None:
+    from dataclasses import replace
+
+    from novaconsole.agents.drift import DriftCache
+
+    servers = [server("a"), server("b", host="cmp2")]
+    nova = object()
+    cache = DriftCache()
+    agents = [agent("cmp1", ("a", "running")), agent("cmp2", ("b", "running"))]
+    assert compute_drift(servers, [], agents, cache=cache, nova_key=nova).findings == ()
+    # cmp2's domain stopped (an event): only cmp2 is judged again, and the finding shows.
+    changed = replace(agent("cmp2", ("b", "shutoff")), events=1)
+    report = compute_drift(servers, [], [agents[0], changed], cache=cache, nova_key=nova)
+    assert kinds(report) == [(ACTIVE_BUT_OFF, "b")]
+    uncached = compute_drift(servers, [], [agents[0], changed])
+    assert report == uncached
+    # A new Nova view starts afresh.
+    assert compute_drift(servers, [], agents, cache=cache, nova_key=object()).findings == ()
