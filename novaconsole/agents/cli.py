@@ -33,14 +33,14 @@ DRIFT_COLUMNS = ("kind", "host", "server", "nova", "hypervisor", "nova_will", "w
 def read_agents(timeout: float) -> list[AgentState]:
     """Every enrolled agent's latest state from the broker (blocking; errors are one line)."""
     from novaconsole.agentbus.bus import ConsoleBus
-    from novaconsole.agents.feed import load_bus_settings, seed_from_latest
+    from novaconsole.agents.feed import load_bus_settings, read_latest, seed_from_latest
     from novaconsole.agents.model import AgentDirectory
 
     settings = load_bus_settings()
     bus = ConsoleBus(settings)
     bus.start(wait=timeout)
     try:
-        latest = bus.latest(timeout=timeout)
+        latest = read_latest(bus, timeout)
     finally:
         bus.stop()
     directory = AgentDirectory()
