@@ -117,13 +117,29 @@ def run_plugin_mode(pm: PluginManager, name: str, rest: Sequence[str]) -> int:
     return int(mode(list(rest)))
 
 
+def split_plugin_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` up to and including ``--plugin NAME`` (or ``--plugin=NAME``), and the rest."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg.startswith("--plugin="):
+            return list(argv[: i + 1]), list(argv[i + 1 :])
+        if arg == "--plugin":
+            return list(argv[: i + 2]), list(argv[i + 2 :])
+    return list(argv), []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``novaconsole`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         pm = get_plugin_manager()
         parser = build_parser(pm)
-        args, rest = parser.parse_known_args(argv)
+        # Everything after ``--plugin NAME`` belongs to the mode: argparse would otherwise
+        # take a mode option's value (``--config FILE``) for a sub-command name.
+        head, tail = split_plugin_argv(argv)
+        args, rest = parser.parse_known_args(head)
+        rest = [*rest, *tail]
         if args.plugin:
             return run_plugin_mode(pm, args.plugin, rest)
         if rest:

@@ -1,8 +1,9 @@
 """The agent bus over RabbitMQ (pika): :class:`AgentBus` on hypervisors, :class:`ConsoleBus`
 in consoles.
 
-One I/O thread owns each connection (pika is not thread-safe): other threads hand work
-over through a queue and wake it with ``add_callback_threadsafe``. It keeps AMQP heartbeats,
+One I/O thread owns each connection (pika is not thread-safe; see
+:mod:`novaconsole.agentbus.link`): other threads hand work over through a queue and wake
+it with ``add_callback_threadsafe``. It keeps AMQP heartbeats,
 publishes with publisher confirms, and reconnects with jittered backoff over the list of
 brokers. Publishes wait in a bounded buffer until the broker confirmed them, so what was not
 confirmed is sent again after a reconnect (a message may then arrive twice; readers drop
@@ -29,18 +30,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import logging
 import queue
-import random
-import ssl
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -55,7 +51,10 @@ from novaconsole.agentbus.envelope import (
     open_envelope,
     seal,
 )
+from novaconsole.agentbus.journal import CommandJournal as CommandJournal
 from novaconsole.agentbus.keys import Keyring, SigningKey
+from novaconsole.agentbus.link import ConnectionLostWhileSending as ConnectionLostWhileSending
+from novaconsole.agentbus.link import Link, Outgoing
 from novaconsole.agentbus.messages import (
     BodyError,
     CommandReply,
@@ -64,9 +63,8 @@ from novaconsole.agentbus.messages import (
     Heartbeat,
     Inventory,
 )
-from novaconsole.agentbus.settings import BrokerAddress, BusSettings
+from novaconsole.agentbus.settings import BusSettings
 from novaconsole.errors import ConfigError, ConnectionFailure
-from novaconsole.redact import scrub_secrets
 
 log = logging.getLogger("novaconsole.agentbus")
 
@@ -89,256 +87,42 @@ def console_queue(name: str) -> str:
     return f"novaconsole.console.{name}"
 
 
+@dataclass(frozen=True)
+class BrokerPermissions:
+    """What one broker user may do on the bus's vhost (``rabbitmqctl set_permissions`` and
+    ``set_topic_permissions`` regular expressions)."""
+
+    configure: str
+    write: str
+    read: str
+    #: Routing keys the user may publish to :data:`EXCHANGE_AGENTS` with (None: any).
+    topic_write: str | None = None
+    topic_read: str | None = None
+
+
+def agent_permissions(host: str) -> BrokerPermissions:
+    """The least an agent for ``host`` needs: declare the exchanges and its own three
+    queues, publish on the agents exchange with its own routing keys only, and on the
+    replies exchange, consume its own command queue."""
+    import re
+
+    h = re.escape(host)
+    own = rf"novaconsole\.agent\.{h}\.commands|novaconsole\.last\.{h}\.(heartbeat|inventory)"
+    exchanges = r"novaconsole\.(agents|commands|replies)"
+    return BrokerPermissions(
+        configure=rf"^({exchanges}|{own})$",
+        write=rf"^(novaconsole\.(agents|replies)|{own})$",
+        read=rf"^(novaconsole\.(agents|commands)|novaconsole\.agent\.{h}\.commands)$",
+        topic_write=rf"^(heartbeat|inventory|event)\.{h}$",
+        # Binding its last-value queues to the topic exchange is a topic read.
+        topic_read=rf"^(heartbeat|inventory)\.{h}$",
+    )
+
+
+#: A console's user: everything on the vhost (it declares its queues and reads them all).
+CONSOLE_PERMISSIONS = BrokerPermissions(".*", ".*", ".*")
+
 _LAST_VALUE_ARGS = {"x-max-length": 1, "x-overflow": "drop-head"}
-
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-    OSError,
-)
-
-
-@dataclass
-class _Outgoing:
-    exchange: str
-    routing_key: str
-    body: bytes
-    kind: str
-    persistent: bool = True
-    mandatory: bool = False
-    expiration_ms: int | None = None
-    seq: int | None = None
-    #: Called from the I/O thread once the broker confirmed (None) or refused (the error).
-    on_done: Callable[[Exception | None], None] | None = None
-
-
-class _Link:
-    """The I/O thread of one endpoint: connect, set up, serve, reconnect (see module doc)."""
-
-    def __init__(
-        self,
-        settings: BusSettings,
-        name: str,
-        setup: Callable[[BlockingConnection, BlockingChannel], None],
-        on_connected: Callable[[], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.name = name
-        self._setup = setup
-        self._on_connected = on_connected
-        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._outbox: deque[_Outgoing] = deque()
-        self._outbox_lock = threading.Lock()
-        self._stop = threading.Event()
-        self.connected = threading.Event()
-        self.connection: BlockingConnection | None = None
-        self.channel: BlockingChannel | None = None
-        #: Incremented on every (re)connect: delivery tags of older channels are void.
-        self.generation = 0
-        self.connects = 0
-        self.last_error = ""
-        self.broker: BrokerAddress | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- any thread ------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"bus-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the I/O thread (when connected)."""
-        self._tasks.put(fn)
-        self._wake()
-
-    def call(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """Run ``fn`` on the I/O thread and wait for its result."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def task() -> None:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-        self.submit(task)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
-
-    def publish(self, out: _Outgoing) -> None:
-        """Queue a publish; it stays buffered until the broker confirms it."""
-        with self._outbox_lock:
-            if out.kind == "heartbeat":
-                # A heartbeat still unsent is stale once a newer one exists (the head may
-                # be in flight: it stays).
-                head = self._outbox[0] if self._outbox else None
-                for stale in [o for o in self._outbox if o.kind == "heartbeat" and o is not head]:
-                    self._outbox.remove(stale)
-            if len(self._outbox) >= self.settings.replay_buffer:
-                dropped = self._outbox.popleft()
-                log.warning(
-                    "bus %s: replay buffer full (%d): dropped unconfirmed %s seq %s",
-                    self.name,
-                    self.settings.replay_buffer,
-                    dropped.kind,
-                    dropped.seq,
-                )
-            self._outbox.append(out)
-        self._wake()
-
-    def pending(self) -> int:
-        with self._outbox_lock:
-            return len(self._outbox)
-
-    def _wake(self) -> None:
-        conn = self.connection
-        if conn is not None:
-            # The callback only wakes the I/O thread; the work is in our own queues, so it
-            # survives a connection that dies in between.
-            with contextlib.suppress(Exception):
-                conn.add_callback_threadsafe(lambda: None)
-
-    # -- the I/O thread --------------------------------------------------------------
-
-    def _parameters(self, broker: BrokerAddress) -> pika.ConnectionParameters:
-        s = self.settings
-        ssl_options = None
-        if broker.tls:
-            ssl_options = pika.SSLOptions(ssl.create_default_context(), broker.host)
-        return pika.ConnectionParameters(
-            host=broker.host,
-            port=broker.port,
-            virtual_host=s.vhost,
-            credentials=pika.PlainCredentials(s.user, s.password),
-            heartbeat=s.heartbeat,
-            blocked_connection_timeout=60,
-            connection_attempts=1,
-            socket_timeout=5,
-            ssl_options=ssl_options,
-            client_properties={"connection_name": f"novaconsole {self.name}"},
-        )
-
-    def describe(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return " ".join(scrub_secrets(text, [self.settings.password]).split())[:300]
-
-    def _run(self) -> None:
-        brokers = list(self.settings.brokers)
-        delay = 0.5
-        index = 0
-        while not self._stop.is_set():
-            broker = brokers[index % len(brokers)]
-            index += 1
-            try:
-                self._connect_and_serve(broker)
-                delay = 0.5
-            except _CONNECTION_ERRORS as exc:
-                self.last_error = self.describe(exc)
-                log.warning(
-                    "bus %s: %s vhost %s: %s",
-                    self.name,
-                    broker,
-                    self.settings.vhost,
-                    self.last_error,
-                )
-            finally:
-                self._teardown()
-            if self._stop.is_set():
-                break
-            if index % len(brokers) == 0:
-                # A whole round of brokers failed: back off, with jitter so a thousand
-                # agents that lost the same broker do not come back in lockstep.
-                self._stop.wait(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, 30.0)
-
-    def _connect_and_serve(self, broker: BrokerAddress) -> None:
-        conn = BlockingConnection(self._parameters(broker))
-        self.connection = conn
-        channel = conn.channel()
-        channel.confirm_delivery()
-        self.channel = channel
-        self._setup(conn, channel)
-        self.generation += 1
-        self.connects += 1
-        self.broker = broker
-        self.connected.set()
-        log.info(
-            "bus %s: connected to %s vhost %s (connection %d)",
-            self.name,
-            broker,
-            self.settings.vhost,
-            self.connects,
-        )
-        if self._on_connected is not None:
-            self._on_connected()
-        while not self._stop.is_set():
-            self._run_tasks()
-            self._flush(channel)
-            conn.process_data_events(time_limit=5.0)
-        self._run_tasks()
-        self._flush(channel)
-
-    def _run_tasks(self) -> None:
-        while True:
-            try:
-                task = self._tasks.get_nowait()
-            except queue.Empty:
-                return
-            task()
-
-    def _flush(self, channel: BlockingChannel) -> None:
-        while True:
-            with self._outbox_lock:
-                out = self._outbox[0] if self._outbox else None
-            if out is None:
-                return
-            error: Exception | None = None
-            try:
-                channel.basic_publish(
-                    exchange=out.exchange,
-                    routing_key=out.routing_key,
-                    body=out.body,
-                    properties=pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=2 if out.persistent else 1,
-                        type=out.kind,
-                        expiration=str(out.expiration_ms) if out.expiration_ms else None,
-                    ),
-                    mandatory=out.mandatory,
-                )
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                # The broker answered: no queue takes it, or it refused. Not ours to retry.
-                error = exc
-            with self._outbox_lock:
-                if self._outbox and self._outbox[0] is out:
-                    self._outbox.popleft()
-            if out.on_done is not None:
-                out.on_done(error)
-
-    def _teardown(self) -> None:
-        self.connected.clear()
-        conn, self.connection, self.channel = self.connection, None, None
-        if conn is not None and conn.is_open:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def ack(self, generation: int, tag: int) -> None:
-        """Ack a delivery of channel ``generation`` (I/O thread); a stale one is skipped
-        (the broker redelivers it on the new channel, flagged redelivered)."""
-        if generation == self.generation and self.channel is not None and self.channel.is_open:
-            self.channel.basic_ack(tag)
 
 
 def _declare_exchanges(channel: BlockingChannel) -> None:
@@ -366,94 +150,6 @@ def _load_keyring(settings: BusSettings, *, host_bound: bool) -> Keyring:
 
 #: What the agent does with a verified command: return the reply (no correlation id needed).
 CommandHandler = Callable[[Message, CommandRequest], CommandReply]
-
-
-class CommandJournal:
-    """Command ids already run (with their reply) and running: commands run at most once.
-
-    In memory, bounded; with ``path`` also appended to a file (fsync'd before the command
-    runs), so an agent killed mid-command and restarted does not run it again either.
-    """
-
-    def __init__(self, path: Path | None = None, keep: int = 1000) -> None:
-        self.path = path
-        self.keep = keep
-        self._replies: OrderedDict[str, CommandReply | None] = OrderedDict()
-        self._lock = threading.Lock()
-        if path is not None and path.exists():
-            self._load(path)
-
-    def _load(self, path: Path) -> None:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-                cid = str(entry["id"])
-                if entry.get("state") == "started":
-                    self._replies[cid] = CommandReply(
-                        correlation_id=str(entry.get("correlation_id", "")),
-                        ok=False,
-                        command=str(entry.get("command", "")),
-                        error="the agent stopped while running this command; not run again",
-                    )
-                else:
-                    self._replies[cid] = CommandReply.from_dict(entry["reply"])
-            except (ValueError, KeyError, TypeError, BodyError):
-                continue  # a torn last line after a crash
-        while len(self._replies) > self.keep:
-            self._replies.popitem(last=False)
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        if self.path is None:
-            return
-        from novaconsole.fileutil import atomic_write
-
-        lines = [
-            json.dumps({"id": cid, "state": "done", "reply": reply.to_dict()})
-            for cid, reply in self._replies.items()
-            if reply is not None
-        ]
-        atomic_write(self.path, "".join(line + "\n" for line in lines), mode=0o600)
-
-    def _append(self, entry: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        import os
-
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def state(self, cid: str) -> tuple[str, CommandReply | None]:
-        """("new"|"running"|"done", the stored reply if done)."""
-        with self._lock:
-            if cid not in self._replies:
-                return "new", None
-            reply = self._replies[cid]
-            return ("done", reply) if reply is not None else ("running", None)
-
-    def start(self, cid: str, request: CommandRequest) -> None:
-        with self._lock:
-            self._replies[cid] = None
-            self._append(
-                {
-                    "id": cid,
-                    "state": "started",
-                    "command": request.command,
-                    "correlation_id": request.correlation_id,
-                }
-            )
-
-    def finish(self, cid: str, reply: CommandReply) -> None:
-        with self._lock:
-            self._replies[cid] = reply
-            self._replies.move_to_end(cid)
-            self._append({"id": cid, "state": "done", "reply": reply.to_dict()})
-            if len(self._replies) > 2 * self.keep:
-                while len(self._replies) > self.keep:
-                    self._replies.popitem(last=False)
-                self._rewrite()
 
 
 class AgentBus:
@@ -487,7 +183,7 @@ class AgentBus:
         self._seq_lock = threading.Lock()
         self._replay = ReplayCache(window=settings.window)
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._link = _Link(settings, f"agent {host}", self._setup, self._connected)
+        self._link = Link(settings, f"agent {host}", self._setup, self._connected)
         self._worker: threading.Thread | None = None
         #: Counters for tests and the footprint bench: commands run, rejected.
         self.executed = 0
@@ -541,7 +237,7 @@ class AgentBus:
             seq = self._next_seq()
         data, message = seal(self.key, kind, self.host, body, seq=seq, boot=self.boot)
         self._link.publish(
-            _Outgoing(
+            Outgoing(
                 EXCHANGE_AGENTS, f"{kind}.{self.host}", data, kind, persistent=persistent, seq=seq
             )
         )
@@ -560,7 +256,7 @@ class AgentBus:
         if not reply_to:
             return
         data, _ = seal(self.key, "reply", self.host, reply.to_dict(), boot=self.boot)
-        self._link.publish(_Outgoing(EXCHANGE_REPLIES, reply_to, data, "reply", persistent=False))
+        self._link.publish(Outgoing(EXCHANGE_REPLIES, reply_to, data, "reply", persistent=False))
 
     # -- the I/O thread --------------------------------------------------------------
 
@@ -721,7 +417,7 @@ class ConsoleBus:
             queue.SimpleQueue()
         )
         self._dispatcher: threading.Thread | None = None
-        self._link = _Link(settings, f"console {settings.console_name}", self._setup)
+        self._link = Link(settings, f"console {settings.console_name}", self._setup)
         self._last_seq: dict[tuple[str, str | None], int] = {}
         #: Counters: messages delivered, rejected, sequence gaps seen.
         self.delivered = 0
@@ -930,20 +626,26 @@ class ConsoleBus:
         future: concurrent.futures.Future[CommandReply] = concurrent.futures.Future()
         with self._pending_lock:
             self._pending[correlation_id] = (host, future)
-        request = CommandRequest(
-            command=command,
-            args=dict(args or {}),
-            reply_to=self._reply_queue,
-            correlation_id=correlation_id,
-        )
-        data, _ = seal(self.key, "command", host, request.to_dict())
+
+        def render() -> bytes:
+            # On the I/O thread, at the first attempt: the reply queue of this connection.
+            request = CommandRequest(
+                command=command,
+                args=dict(args or {}),
+                reply_to=self._reply_queue,
+                correlation_id=correlation_id,
+            )
+            return seal(self.key, "command", host, request.to_dict())[0]
 
         def done(error: Exception | None) -> None:
             if error is None:
                 return
             with self._pending_lock:
                 self._pending.pop(correlation_id, None)
-            if isinstance(error, pika.exceptions.UnroutableError):
+            failure: ConnectionFailure
+            if isinstance(error, ConnectionFailure):
+                failure = error
+            elif isinstance(error, pika.exceptions.UnroutableError):
                 failure = ConnectionFailure(
                     f"agent bus: no agent queue for host {host!r} on vhost {self.settings.vhost}"
                 )
@@ -953,15 +655,17 @@ class ConsoleBus:
                 future.set_exception(failure)
 
         self._link.publish(
-            _Outgoing(
+            Outgoing(
                 EXCHANGE_COMMANDS,
                 host,
-                data,
+                b"",
                 "command",
                 persistent=False,
                 mandatory=True,
                 expiration_ms=int(self.settings.command_ttl * 1000),
                 on_done=done,
+                render=render,
+                once=True,
             )
         )
         try:

@@ -98,3 +98,82 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def agent_toml(
+    vhost: str,
+    keys: AgentKeys,
+    *,
+    uri: str = "test:///default",
+    allowed: list[str] | None = None,
+    extra: str = "",
+    heartbeat: float = 0.5,
+    bus_extra: str = "",
+) -> str:
+    """An agent config file's text (bus on ``vhost``, the agent's key, trusting the console)."""
+    allowed_line = "" if allowed is None else f"allowed = {allowed!r}\n".replace("'", '"')
+    return (
+        f'host = "{keys.host}"\n'
+        f'libvirt_uri = "{uri}"\n'
+        f"heartbeat_interval = {heartbeat}\n"
+        f"{extra}"
+        "[bus]\n"
+        'urls = ["amqp://127.0.0.1:5672"]\n'
+        f'vhost = "{vhost}"\n'
+        "heartbeat = 10\n"
+        f"{bus_extra}"
+        "[keys]\n"
+        f'signing_key = "{keys.agent_key}"\n'
+        f'trusted = "{keys.agent_trusted}"\n'
+        "[commands]\n"
+        f"{allowed_line}"
+    )
+
+
+def rabbit_password_hash(password: str) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
+    import base64
+    import hashlib
+    import os
+
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def add_rabbit_user(user: str, password: str, vhost: str) -> None:
+    """Create a broker user with rights on ``vhost`` only, without the password in any
+    argv (``rabbitmqctl add_user`` of 3.10 takes it as an argument): its salted hash
+    through ``import_definitions`` on standard input."""
+    import json
+
+    defs = {
+        "users": [
+            {
+                "name": user,
+                "password_hash": rabbit_password_hash(password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": "",
+            }
+        ],
+        "permissions": [
+            {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+    }
+    # Through standard input: rabbitmqctl reads files as the rabbitmq user, and a file of
+    # ours is (rightly) not readable by it.
+    subprocess.run(
+        ["rabbitmqctl", "-q", "import_definitions"],
+        input=json.dumps(defs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # The import is asynchronous: wait until the broker knows the user and its rights.
+    wait_for(
+        f"user {user} on vhost {vhost}",
+        lambda: any(
+            line.split("\t")[0] == user
+            for line in rabbitmqctl("list_permissions", "-p", vhost).splitlines()
+        ),
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ import pika
 import pytest
 from agenttools import (
     AgentKeys,
+    add_rabbit_user,
     agent_bus_settings,
     console_settings,
     rabbitmqctl,
@@ -28,7 +32,13 @@ from novaconsole.agentbus import (
     SigningKey,
     seal,
 )
-from novaconsole.agentbus.bus import EXCHANGE_AGENTS, EXCHANGE_COMMANDS, AgentBus, ConsoleBus
+from novaconsole.agentbus.bus import (
+    EXCHANGE_AGENTS,
+    EXCHANGE_COMMANDS,
+    AgentBus,
+    ConsoleBus,
+    agent_permissions,
+)
 from novaconsole.agentbus.settings import BusSettings
 from novaconsole.errors import ConnectionFailure
 
@@ -223,3 +233,111 @@ def test_raw_publish_to_commands_needs_a_queue(bus_vhost: str) -> None:
             ch.basic_publish(EXCHANGE_COMMANDS, "nohost", b"{}", mandatory=True)
     finally:
         conn.close()
+
+
+def test_agent_user_is_limited_to_its_own_queues_and_routing_keys(
+    settings: tuple[BusSettings, BusSettings],
+    console: tuple[ConsoleBus, Recorder],
+    bus_vhost: str,
+) -> None:
+    """With agent_permissions(host), an agent works and cannot speak for another host."""
+    user = f"agent-test-perm-{os.getpid()}"
+    password = secrets.token_urlsafe(18)
+    add_rabbit_user(user, password, bus_vhost)
+    perms = agent_permissions("testhost")
+    rabbitmqctl("set_permissions", "-p", bus_vhost, user, perms.configure, perms.write, perms.read)
+    assert perms.topic_write is not None
+    assert perms.topic_read is not None
+    rabbitmqctl(
+        "set_topic_permissions",
+        "-p",
+        bus_vhost,
+        user,
+        EXCHANGE_AGENTS,
+        perms.topic_write,
+        perms.topic_read,
+    )
+    cbus, got = console
+    agent_settings = dataclasses.replace(settings[0], user=user, password=password)
+    bus = AgentBus(agent_settings, "testhost", EchoHandler())
+    bus.start()
+    try:
+        assert bus.connected.wait(10), bus._link.last_error
+        bus.publish_heartbeat(heartbeat())
+        wait_for("the restricted agent's heartbeat", lambda: got.of("heartbeat"))
+        assert cbus.request("testhost", "echo").ok
+    finally:
+        bus.stop()
+    creds = pika.PlainCredentials(user, password)
+    params = pika.ConnectionParameters("127.0.0.1", virtual_host=bus_vhost, credentials=creds)
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+            ch.basic_publish(EXCHANGE_AGENTS, "heartbeat.otherhost", b"{}")
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+            ch.queue_declare("novaconsole.agent.otherhost.commands", durable=True)
+        # Nor send commands (to itself or any agent).
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+            ch.basic_publish(EXCHANGE_COMMANDS, "testhost", b"{}")
+    finally:
+        conn.close()
+        rabbitmqctl("delete_user", user)
+
+
+def test_a_command_redelivered_after_a_drop_is_not_run_again(
+    settings: tuple[BusSettings, BusSettings],
+    console: tuple[ConsoleBus, Recorder],
+    bus_vhost: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops while the command runs: its ack is void, the broker delivers it
+    again (flagged redelivered), and the agent answers from its journal instead."""
+    entered = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(message: Message, request: CommandRequest) -> CommandReply:
+        calls.append(message.id)
+        entered.set()
+        release.wait(30)
+        return CommandReply(correlation_id="", ok=True, result={"ran": len(calls)})
+
+    bus = AgentBus(settings[0], "testhost", slow)
+    bus.start()
+    cbus, _ = console
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            cbus.request("testhost", "slow", timeout=15)
+        except BaseException as exc:
+            errors.append(exc)
+
+    asker = threading.Thread(target=ask)
+    try:
+        assert bus.connected.wait(10)
+        with caplog.at_level(logging.INFO, logger="novaconsole.agentbus"):
+            asker.start()
+            assert entered.wait(15), "the command never reached the handler"
+            rabbitmqctl("close_all_connections", "--vhost", bus_vhost, "test: drop mid-command")
+            wait_for("agent reconnected", lambda: bus.connects >= 2 and bus.connected.is_set())
+            release.set()
+            wait_for(
+                "the redelivery answered from the journal",
+                lambda: any("not run again" in r.getMessage() for r in caplog.records),
+            )
+        assert len(calls) == 1
+        assert bus.executed == 1
+    finally:
+        release.set()
+        asker.join(30)
+        bus.stop()
+    # The first reply went to the reply queue of the console's old connection: the console
+    # says so as a timeout, and the command still ran once.
+    assert len(errors) == 1
+    assert "no reply" in str(errors[0])

@@ -77,8 +77,9 @@ def test_unknown_plugin_mode_is_one_line_exit_2(capsys: pytest.CaptureFixture[st
     assert "Traceback" not in err
 
 
-def test_compute_agent_mode_says_it_is_not_built_yet() -> None:
-    # The switch and hook exist; the daemon is a later issue and must not pretend to run.
+def test_compute_agent_mode_needs_a_config_to_run_the_daemon() -> None:
+    # The mode is wired through --plugin; without --config (and without --once) the daemon
+    # has no bus to talk to: one line, exit 2, not a daemon that pretends to run.
     proc = subprocess.run(
         [sys.executable, "-m", "novaconsole", "--plugin", "compute-agent"],
         capture_output=True,
@@ -87,7 +88,30 @@ def test_compute_agent_mode_says_it_is_not_built_yet() -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert "not implemented yet" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "novaconsole: error: compute-agent: --config FILE is needed to run the daemon (or --once)"
+    ]
+
+
+def test_plugin_mode_options_with_values_reach_the_mode() -> None:
+    # "--config FILE" after "--plugin NAME" is the mode's, not a sub-command name.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "novaconsole",
+            "--plugin",
+            "compute-agent",
+            "--config",
+            "/nonexistent.toml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "novaconsole: error: /nonexistent.toml: no such file"
 
 
 def test_usage_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
