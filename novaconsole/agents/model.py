@@ -55,8 +55,30 @@ _STATE_ALIASES = {
     "pmsuspended": "pmsuspended",
     "pm suspended": "pmsuspended",
     "in shutdown": "shutdown",
+    "idle": "blocked",
     "no state": "nostate",
 }
+
+
+#: The agent's state words (virsh's), longest first, to split an event's "state reason".
+_STATE_WORDS = (
+    "in shutdown", "no state", "pmsuspended", "shut off", "shutdown", "shutoff", "running",
+    "blocked", "crashed", "paused", "idle",
+)  # fmt: skip
+#: An event's state when the domain no longer exists (the agent could not look it up).
+GONE = "gone"
+
+
+def split_state(text: str) -> tuple[str, str]:
+    """``"shut off destroyed"`` (an event's state and reason, as the agent sends them) →
+    ``("shutoff", "destroyed")``; an unknown first word is taken as the state."""
+    text = " ".join(text.split())
+    lower = text.lower()
+    for word in _STATE_WORDS:
+        if lower == word or lower.startswith(word + " "):
+            return normalise_state(word), text[len(word) :].strip()
+    head, _, rest = text.partition(" ")
+    return normalise_state(head), rest
 
 
 def normalise_state(value: object) -> str:
@@ -330,11 +352,13 @@ class AgentDirectory:
             return
         if record.domains is None:
             record.domains = {}
-        state = normalise_state(body.state)
+        # The agent sends the domain's state after the event as "state reason" (virsh's
+        # words), or "gone" when the domain no longer exists.
+        state, reason = split_state(body.state) if body.state else ("", "")
         undefined = body.event == "lifecycle" and body.detail.lower().startswith("undefined")
-        if undefined and state in ("", "shutoff", "nostate"):
-            # Undefined while shut off: the domain is gone. (A running transient domain
-            # stays: "undefined" then only dropped its persistent config.)
+        if state == GONE or (undefined and state in ("", "shutoff", "nostate")):
+            # Gone, or undefined while shut off. (A running transient domain stays:
+            # "undefined" then only dropped its persistent config.)
             record.domains.pop(body.uuid, None)
         elif body.event == "lifecycle" or state:
             old = record.domains.get(body.uuid)
@@ -342,7 +366,7 @@ class AgentDirectory:
                 uuid=body.uuid,
                 name=body.name or (old.name if old else ""),
                 state=state or (old.state if old else ""),
-                reason=body.reason if state else (old.reason if old else ""),
+                reason=(reason or body.reason) if state else (old.reason if old else ""),
                 nova_name=old.nova_name if old else "",
             )
         record.domain_count = len(record.domains)

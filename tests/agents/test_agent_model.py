@@ -230,3 +230,27 @@ def test_an_expected_agent_never_heard_of_is_stale() -> None:
     assert state is not None
     assert state.stale
     assert state.heartbeat_age is None
+
+
+def test_event_states_as_the_agent_sends_them() -> None:
+    """The daemon sends an event's state as "state reason" in virsh's words, or "gone"."""
+    from novaconsole.agents.model import split_state
+
+    assert split_state("shut off destroyed") == ("shutoff", "destroyed")
+    assert split_state("running booted") == ("running", "booted")
+    assert split_state("in shutdown user") == ("shutdown", "user")
+    assert split_state("idle unknown") == ("blocked", "unknown")
+    assert split_state("no state") == ("nostate", "")
+    directory = AgentDirectory(clock=Clock())
+    directory.apply(
+        msg("inventory", "h", 1, inventory(("u1", "a", "running"), ("u2", "b", "running")))
+    )
+    stopped = DomainEvent("u1", "a", "lifecycle", "stopped", "destroyed", 0.0, "shut off destroyed")
+    directory.apply(msg("event", "h", 2, stopped))
+    directory.apply(
+        msg("event", "h", 3, DomainEvent("u2", "b", "lifecycle", "undefined", "", 0.0, "gone"))
+    )
+    state = directory.get("h")
+    assert state is not None
+    assert state.domains is not None
+    assert [(d.uuid, d.state, d.reason) for d in state.domains] == [("u1", "shutoff", "destroyed")]

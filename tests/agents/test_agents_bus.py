@@ -162,7 +162,13 @@ def test_feed_folds_a_real_event_and_never_a_forged_one(
         feed.directory.drain_changes()
         agent.publish_event(
             DomainEvent(
-                RUNNING, "instance-00000011", "lifecycle", "stopped", "destroyed", 0.0, "shut off"
+                RUNNING,
+                "instance-00000011",
+                "lifecycle",
+                "stopped",
+                "destroyed",
+                0.0,
+                "shut off destroyed",
             )
         )
         wait_for("the real event in the directory", lambda: domain_state() == "shutoff")

@@ -96,7 +96,7 @@ def fake_agent_feed() -> tuple[AgentFeed, FrozenClock]:
 def domain_started(seq: int) -> Message:
     """The lifecycle event of the recorded server's domain starting again."""
     event = DomainEvent(
-        SERVER_ID, "instance-00000001", "lifecycle", "started", "booted", NOW, "running"
+        SERVER_ID, "instance-00000001", "lifecycle", "started", "booted", NOW, "running booted"
     )
     return message("event", "vm", seq, event)
 

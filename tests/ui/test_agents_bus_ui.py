@@ -86,7 +86,7 @@ async def test_a_real_event_updates_the_panes_without_a_poll(kit: BusKit) -> Non
             agent.publish_event(
                 DomainEvent(
                     SERVER_ID, "instance-00000001", "lifecycle", "stopped", "destroyed", 0.0,
-                    "shut off",
+                    "shut off destroyed",
                 )
             )  # fmt: skip
             for _ in range(400):
