@@ -91,6 +91,20 @@ class BusKit:
         )
         return BusSettings.from_tables(_load(path), path, environ=PASSWORD_ENV)
 
+    def daemon_config(self, host: str, uri: str = "test:///default") -> Path:
+        """A config file for the real agent daemon (``novaconsole --plugin compute-agent``)."""
+        path = self.root / f"daemon-{host}.toml"
+        bus = _toml(
+            self.vhost, self.root / "agent" / f"{host}.key", self.root / "console-keys", host
+        )
+        path.write_text(
+            f'host = "{host}"\n'
+            f'libvirt_uri = "{uri}"\n'
+            "heartbeat_interval = 1\n"
+            f'state_dir = "{self.root / f"state-{host}"}"\n' + bus
+        )
+        return path
+
     def console_settings(self) -> BusSettings:
         return BusSettings.from_tables(
             _load(self.console_config), self.console_config, environ=PASSWORD_ENV

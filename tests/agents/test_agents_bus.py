@@ -180,3 +180,34 @@ def test_feed_folds_a_real_event_and_never_a_forged_one(
         assert state.missing == 0
     finally:
         feed.stop()
+
+
+def test_agents_json_from_the_real_daemon(kit: BusKit) -> None:
+    """The real agent process on libvirt's test:///default driver, read by `agents -f json`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "novaconsole", "--plugin", "compute-agent",
+         "--config", str(kit.daemon_config(HOST))],
+        env={**os.environ, **kit.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for("the daemon's inventory on the broker", lambda: _published(kit), timeout=60)
+        proc = run_novaconsole("agents", "-f", "json", env=kit.env(), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        (state,) = json.loads(proc.stdout)["agents"]
+        assert (state["host"], state["libvirt"], state["stale"]) == (HOST, "connected", False)
+        assert state["version"]
+        # test:///default always defines one running domain named "test".
+        assert [(d["name"], d["state"]) for d in state["domains"]] == [("test", "running")]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
