@@ -152,6 +152,8 @@ async def test_a_burst_of_events_coalesces() -> None:
             original()
 
         feed.directory.set_on_dirty(counting)
+        # No drain during the burst, however slow the machine (no timing in the test).
+        app.AGENTS_FLUSH_DELAY = 3600
 
         def burst() -> None:
             for seq in range(2, 502):
@@ -162,6 +164,7 @@ async def test_a_burst_of_events_coalesces() -> None:
         bus.join()
         await settle(pilot)
         assert len(posted) == 1
+        assert app._agents_flush_pending  # one flush waits, for all 500 messages
 
 
 @pytest.mark.asyncio
