@@ -73,11 +73,13 @@ def build_parser(pm: PluginManager) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=15.0, help="per-call API timeout (s)")
     p.set_defaults(func=_cmd_verify)
 
+    from novaconsole.agents.cli import add_agent_commands
     from novaconsole.lab.cli import add_lab_command
     from novaconsole.provision import add_provision_command
 
     add_lab_command(sub)
     add_provision_command(sub)
+    add_agent_commands(sub, cloud_option_parser())
     pm.hook.novaconsole_add_commands(subparsers=sub)
     return parser
 

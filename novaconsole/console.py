@@ -87,14 +87,21 @@ def run_console(args: argparse.Namespace) -> int:
     _log_actions_to_file()
     connect = prefetching_connect(cloud, settings.timeout)
 
+    from novaconsole.agents.feed import open_agent_feed
     from novaconsole.ui.app import make_app
 
+    # Never blocks: without an agents config the Agents pane says how to make one.
+    feed = open_agent_feed()
     app = make_app(
         connect=connect,
         cloud=cloud,
         settings=settings,
         plugin_manager=args.plugin_manager,
         cloud_names=_cloud_names,
+        agent_feed=feed,
     )
-    result = app.run()
+    try:
+        result = app.run()
+    finally:
+        feed.stop()
     return EXIT_OK if result is None else int(result)

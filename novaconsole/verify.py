@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from novaconsole.cloud import connect, default_cloud_name, describe_failure
@@ -367,9 +368,29 @@ def authenticate(conn: Any, where: str) -> None:
         raise describe_failure(exc, where) from exc
 
 
+def agents_config_path() -> Path:
+    """The console's agents.toml (:func:`novaconsole.agents.paths.console_config_path`)."""
+    from novaconsole.agents.paths import console_config_path
+
+    return console_config_path()
+
+
+def agent_checks() -> list[Check]:
+    """``compute-agents`` where agents are configured (their config file exists), else none.
+
+    Imported lazily: without agents, verify never loads the bus (pika, cryptography).
+    """
+    if not agents_config_path().exists():
+        return []
+    from novaconsole.agents.checks import agents_check
+
+    return [agents_check()]
+
+
 def collect_checks(plugin_manager: Any | None) -> list[Check]:
     """Built-in checks, then plugins' (``novaconsole_verify_checks``), names unique."""
     checks = builtin_checks()
+    checks.extend(agent_checks())
     if plugin_manager is not None:
         for contributed in plugin_manager.hook.novaconsole_verify_checks():
             checks.extend(contributed or ())

@@ -17,30 +17,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+# The console's file rule lives where verify can read it without loading the bus.
+from novaconsole.agents.paths import CONFIG_ENV, console_config_path
 from novaconsole.errors import ConfigError
 
-CONFIG_ENV = "NOVACONSOLE_AGENTS_CONFIG"
+__all__ = ["CONFIG_ENV", "BrokerAddress", "BusSettings", "console_config_path"]
+
 DEFAULT_VHOST = "/novaconsole"
 DEFAULT_URL = "amqp://127.0.0.1:5672"
-
-
-def console_config_path(environ: dict[str, str] | None = None) -> Path:
-    """The console's agents.toml: ``$NOVACONSOLE_AGENTS_CONFIG``, else the XDG config
-    dir's; where that does not exist but a lab on this machine wrote one
-    (``<lab state>/bus/agents.toml``), the lab's, so the console on the lab finds its
-    agents with no extra step."""
-    env = os.environ if environ is None else environ
-    if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV])
-    home = Path(env.get("HOME", "~")).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
-    path = Path(base) / "novaconsole" / "agents.toml"
-    if not path.exists():
-        data = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
-        lab = Path(env.get("NOVACONSOLE_LAB_DIR") or Path(data) / "novaconsole" / "lab")
-        if (lab / "bus" / "agents.toml").exists():
-            return lab / "bus" / "agents.toml"
-    return path
 
 
 @dataclass(frozen=True)

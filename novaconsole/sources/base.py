@@ -76,6 +76,14 @@ class CloudSource(ABC):
     def raw_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail`` entries, all projects when allowed (all pages)."""
 
+    def raw_deleted_servers(self) -> list[dict[str, Any]]:
+        """``GET /servers/detail?deleted=True``: deleted servers not yet archived (admins).
+
+        Not abstract: only sources that can list them (the real one) override it; drift
+        then says it could not judge deleted servers.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list deleted servers")
+
     # -- actions -----------------------------------------------------------------------
 
     @abstractmethod
@@ -140,6 +148,10 @@ class CloudSource(ABC):
     def servers(self, image_names: Mapping[str, str] | None = None) -> list[ServerRow]:
         names = image_names if image_names is not None else getattr(self, "image_names", {})
         return [server_row(raw, names) for raw in self.raw_servers()]
+
+    def deleted_servers(self) -> list[ServerRow]:
+        names = getattr(self, "image_names", {})
+        return [server_row(raw, names) for raw in self.raw_deleted_servers()]
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release connections (called when the console switches cloud or quits)."""

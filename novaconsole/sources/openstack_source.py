@@ -188,6 +188,24 @@ class OpenStackSource(CloudSource):
             self.conn.compute, "/servers/detail", "servers", "server list", params, microversion=mv
         )
 
+    def raw_deleted_servers(self) -> list[dict[str, Any]]:
+        # Nova lists deleted (not yet archived) instances only for admins, and only with
+        # deleted=True (nova/api/openstack/compute/servers.py, _get_servers).
+        if not self.info_is_admin():
+            raise ConnectionFailure(
+                f"listing deleted servers on cloud {self.name!r} needs the admin role"
+            )
+        mv = self._compute_mv(SERVERS_MICROVERSION)
+        params: dict[str, Any] = {"limit": PAGE_SIZE, "all_tenants": "True", "deleted": "True"}
+        return self._pages(
+            self.conn.compute,
+            "/servers/detail",
+            "servers",
+            "deleted server list",
+            params,
+            microversion=mv,
+        )
+
     def info_is_admin(self) -> bool:
         try:
             session = self.conn.session

@@ -7,6 +7,7 @@ a recorded fake source, the CLI the real openstacksdk one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path, PurePath
@@ -15,16 +16,26 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Input
 from textual.worker import Worker, WorkerState
 
+from novaconsole.agents.feed import AgentFeed
+from novaconsole.agents.model import FEED_CHANGED
 from novaconsole.errors import NovaconsoleError
 from novaconsole.plugins import PluginManager
 from novaconsole.sources.base import CloudSource
 from novaconsole.sources.console_api import ConsoleAction, ConsoleColumn, ConsolePane
 from novaconsole.sources.rows import CloudInfo
+from novaconsole.ui.agents_pane import (
+    AgentPaneBase,
+    AgentsChanged,
+    AgentsPane,
+    DriftPane,
+    rebuild_rows,
+)
 from novaconsole.ui.catalog_pane import CatalogPane
 from novaconsole.ui.commands import (
     PANE_ALIASES,
@@ -104,6 +115,7 @@ class NovaConsoleApp(App[int]):
         cloud_names: Callable[[], list[str]] = list,
         theme_dirs: Sequence[Path] = (),
         remember_theme: bool = True,
+        agent_feed: AgentFeed | None = None,
     ) -> None:
         dirs = [builtin_theme_dir(), *theme_dirs]
         super().__init__(css_path=list[str | PurePath](stylesheet_paths(dirs)))
@@ -130,7 +142,16 @@ class NovaConsoleApp(App[int]):
             self._add_theme(theme)
         self.theme = resolve_theme_name(settings.theme, self.available_themes)
         self.pane_classes: list[type[ResourcePane]] = list(BUILTIN_PANES)
-        taken = {p.pane_name for p in BUILTIN_PANES}
+        # The agent panes exist whenever the console has a feed (the CLI always gives one;
+        # without an agents config the panes say how to configure it).
+        self.agent_feed = agent_feed
+        if agent_feed is not None:
+            self.pane_classes += [AgentsPane, DriftPane]
+        self._agents_flush_pending = False
+        #: Panes whose rows changed on the bus while they were not visible.
+        self._agents_dirty: set[str] = set()
+        self._agents_last_live = 0.0
+        taken = {p.pane_name for p in self.pane_classes}
         for spec in _flatten(plugin_manager.hook.novaconsole_console_panes()):
             if not isinstance(spec, ConsolePane):
                 raise NovaconsoleError(f"a plugin returned {spec!r} from novaconsole_console_panes")
@@ -164,17 +185,26 @@ class NovaConsoleApp(App[int]):
             for c in _flatten(hook.novaconsole_console_columns(pane=cls.pane_name))
             if isinstance(c, ConsoleColumn)
         ]
+        if cls is ServersPane and self.agent_feed is not None:
+            feed = self.agent_feed
+            columns.append(ConsoleColumn("hypervisor", "Hypervisor", feed.hypervisor_state))
         actions = [
             a
             for a in _flatten(hook.novaconsole_console_actions(pane=cls.pane_name))
             if isinstance(a, ConsoleAction)
         ]
-        return cls(
+        pane = cls(
             clock=self.clock,
             readonly=self.readonly,
             extra_columns=columns,
             extra_actions=actions,
         )
+        if cls is ServersPane and self.agent_feed is not None:
+            # The hypervisor's view belongs next to Nova's power state, not after the ID.
+            keys = [c.key for c in pane.columns]
+            column = pane.columns.pop(keys.index("hypervisor"))
+            pane.columns.insert(keys.index("power_state") + 1, column)
+        return pane
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader(id="header")
@@ -205,6 +235,10 @@ class NovaConsoleApp(App[int]):
             self.set_interval(self.settings.refresh, self.poll_visible_pane, name="auto-refresh")
         self.switch_cloud(self.cloud_name)
         self._load_cloud_names()
+        if self.agent_feed is not None:
+            # Called on the bus thread; post_message is thread-safe and never blocks it.
+            self.agent_feed.directory.set_on_dirty(self._wake_agents)
+            self.set_interval(1.0, self._agents_tick, name="agents-tick")
 
     # -- clouds ------------------------------------------------------------------------
 
@@ -294,6 +328,8 @@ class NovaConsoleApp(App[int]):
         )
         if stale and pane.error is None and not pane.is_loading and pane.source is not None:
             pane.refresh_data()
+        else:
+            self._rebuild_live(pane)
         self._show_tabs()
         self._show_header()
         self.refresh_bindings()
@@ -434,6 +470,63 @@ class NovaConsoleApp(App[int]):
             )
         yield SystemCommand("Refresh", "Refresh the visible pane now", self.action_refresh_pane)
 
+    # -- live agent updates ------------------------------------------------------------
+
+    #: Seconds the app waits after a wake-up before draining, so bursts coalesce.
+    AGENTS_FLUSH_DELAY = 0.5
+
+    def _wake_agents(self) -> None:
+        self.post_message(AgentsChanged())
+
+    @on(AgentsChanged)
+    def _agents_changed(self) -> None:
+        if not self._agents_flush_pending:
+            self._agents_flush_pending = True
+            self.set_timer(self.AGENTS_FLUSH_DELAY, self._flush_agents)
+
+    def _flush_agents(self) -> None:
+        self._agents_flush_pending = False
+        feed = self.agent_feed
+        if feed is None:
+            return
+        changed = feed.directory.drain_changes()
+        if not changed:
+            return
+        for pane in self.panes:
+            if isinstance(pane, AgentPaneBase) and FEED_CHANGED in changed:
+                pane.refresh_data()  # connected or lost: load again, error or rows
+            elif isinstance(pane, AgentPaneBase) and pane.loaded_at is not None:
+                self._agents_dirty.add(pane.pane_name)
+        try:
+            servers = self.pane(ServersPane.pane_name)
+        except NoMatches:  # the app is shutting down and its panes are gone
+            return
+        if any(getattr(r, "host", None) in changed for r in servers.table.data.rows):
+            self._agents_dirty.add(servers.pane_name)
+        # Only the visible pane redraws now; the others when they are shown (show_pane).
+        self._rebuild_live(self.active_pane)
+
+    def _rebuild_live(self, pane: ResourcePane) -> None:
+        if pane.pane_name not in self._agents_dirty:
+            return
+        self._agents_dirty.discard(pane.pane_name)
+        self._agents_last_live = time.monotonic()
+        if isinstance(pane, AgentPaneBase):
+            pane.agents_changed()
+        else:
+            rows = list(pane.table.data.rows)
+            rebuild_rows(pane, lambda: rows)
+
+    def _agents_tick(self) -> None:
+        """Heartbeat ages and stale marks change with time alone: redraw the visible pane."""
+        try:
+            pane = self.active_pane
+        except NoMatches:
+            return
+        recent = time.monotonic() - self._agents_last_live < 1.0  # a live redraw just ran
+        if isinstance(pane, AgentPaneBase) and pane.loaded_at is not None and not recent:
+            pane.agents_changed()
+
     # -- failures ----------------------------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -453,6 +546,7 @@ def make_app(
     clock: Clock = local_now,
     cloud_names: Callable[[], list[str]] = list,
     remember_theme: bool = True,
+    agent_feed: AgentFeed | None = None,
 ) -> NovaConsoleApp:
     """The console app, for the CLI and tests alike; theme errors are one line."""
     pm = plugin_manager if plugin_manager is not None else PluginManager()
@@ -466,4 +560,5 @@ def make_app(
         cloud_names=cloud_names,
         theme_dirs=theme_dirs,
         remember_theme=remember_theme,
+        agent_feed=agent_feed,
     )

@@ -17,8 +17,10 @@ from novaconsole.ui.settings import ConsoleSettings
 
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Never read or write the developer's ~/.config or ~/.local/state."""
+    """Never read or write the developer's ~/.config, ~/.local/state or lab."""
     config_home = tmp_path / "config"
+    # A lab on this machine would otherwise lend the console its agents.toml.
+    monkeypatch.setenv("NOVACONSOLE_LAB_DIR", str(tmp_path / "no-lab"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     return config_home / "novaconsole" / "config.toml"

@@ -120,6 +120,10 @@ class FakeCloudSource(CloudSource):
         self._call("raw_servers")
         return copy.deepcopy(self.data["servers"])
 
+    def raw_deleted_servers(self) -> list[dict[str, Any]]:
+        self._call("raw_deleted_servers")
+        return copy.deepcopy(self.data.get("deleted_servers", []))
+
     # -- actions (change the recording as Nova would) ----------------------------------
 
     def _service(self, row: ServiceRow) -> dict[str, Any]:
