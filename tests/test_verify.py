@@ -376,3 +376,12 @@ def test_unreachable_auth_url_is_exit_2_one_line_without_secret(tmp_path: Path) 
 def test_bad_timeout_is_exit_2_one_line(tmp_path: Path) -> None:
     proc = _run_cli(["--os-cloud", "other", "verify", "--timeout", "0"], {}, tmp_path)
     _assert_one_line_error(proc, "--timeout")
+
+
+def test_header_compute_versions_are_the_ones_the_console_uses() -> None:
+    from novaconsole.sources.openstack_source import compute_versions_text
+
+    assert compute_versions_text((2, 104)) == "2.69-2.88 (max 2.104)"
+    assert compute_versions_text((2, 70)) == "2.69-2.70 (max 2.70)"
+    assert compute_versions_text((2, 60)) == "2.60 (max 2.60)"
+    assert compute_versions_text(None) == "2.1"

@@ -22,7 +22,23 @@ from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
 SERVICES_MICROVERSION = (2, 69)
 HYPERVISORS_MICROVERSION = (2, 88)
 SERVERS_MICROVERSION = (2, 69)
+#: Every compute microversion the console asks for (the header shows what it got).
+COMPUTE_MICROVERSIONS = (SERVICES_MICROVERSION, HYPERVISORS_MICROVERSION, SERVERS_MICROVERSION)
 PAGE_SIZE = 1000
+
+
+def compute_versions_text(top: tuple[int, int] | None) -> str:
+    """The compute microversions the console uses against a cloud whose maximum is
+    ``top``: ``2.69-2.88 (max 2.104)``; ``2.1`` where the cloud has no microversions.
+
+    Not the endpoint's base version: the SDK's default (2.1) is not what the panes ask for.
+    """
+    if top is None or top < (2, 2):
+        return "2.1"
+    used = sorted({min(wanted, top) for wanted in COMPUTE_MICROVERSIONS})
+    low, high = used[0], used[-1]
+    span = _fmt(low) if low == high else f"{_fmt(low)}-{_fmt(high)}"
+    return f"{span} (max {_fmt(top)})"
 
 
 def _fmt(version: Any) -> str:
@@ -96,6 +112,9 @@ class OpenStackSource(CloudSource):
                 if data is None:
                     return service, "none"
                 top = getattr(data, "max_microversion", None)
+                if service == "compute":
+                    cap = (int(top[0]), int(top[1])) if top else None
+                    return service, compute_versions_text(cap)
                 text = _fmt(data.api_version)
                 return service, f"{text} (max {_fmt(top)})" if top else text
 

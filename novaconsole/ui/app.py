@@ -347,7 +347,10 @@ class NovaConsoleApp(App[int]):
             or self.source is None
         ):
             return
-        pane = self.active_pane
+        try:
+            pane = self.active_pane
+        except NoMatches:  # the app is closing: its panes are already being removed
+            return
         if not pane.is_loading:
             pane.refresh_data()
 

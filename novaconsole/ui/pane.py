@@ -321,7 +321,9 @@ class ResourcePane(Vertical):
     def _update_status(self) -> None:
         if not self.is_mounted:
             return
-        status = self.query_one(PaneStatus)
+        status = next(iter(self.query(PaneStatus)), None)
+        if status is None:  # a timer's last tick while the app closes and removes it
+            return
         status.update(self._status_text())
         status.set_class(self.error is not None, "-error")
 

@@ -48,7 +48,7 @@ async def test_all_panes_load_and_header_names_the_cloud(fake_app: AppFactory) -
         header = str(app.query_one("#header").render())
         assert "novaconsole-lab" in header
         assert "RegionOne" in header
-        assert "compute 2.1" in header
+        assert "compute 2.69-2.88 (max 2.104)" in header
 
 
 async def test_command_mode_switches_panes_with_aliases_and_completion(
