@@ -200,6 +200,11 @@ class RfbClientHandshake:
         self._result: RfbHandshake | None = None
 
     @property
+    def unconsumed(self) -> bytes:
+        """Bytes received after ServerInit (the first server messages), for the RFB client."""
+        return bytes(self._buffer) if self.state is HandshakeState.DONE else b""
+
+    @property
     def result(self) -> RfbHandshake:
         """The outcome; only valid once :attr:`state` is ``DONE``."""
         if self._result is None:
@@ -423,6 +428,11 @@ class SocketTransport:
     def send(self, data: bytes) -> None:
         self._sock.sendall(data)
 
+    def abort(self) -> None:
+        """Wake a thread blocked in :meth:`receive` (it then raises TransportClosed)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
@@ -451,6 +461,11 @@ class WebSocketTransport:
 
     def send(self, data: bytes) -> None:
         self._ws.send_binary(data)
+
+    def abort(self) -> None:
+        """Wake a thread blocked in :meth:`receive` (it then raises TransportClosed)."""
+        with contextlib.suppress(Exception):
+            self._ws.abort()
 
     def close(self) -> None:
         # Closing is best effort: the probe already has its answer.
