@@ -18,6 +18,9 @@ have /usr/share/novnc/vnc_lite.html || need+=(novnc)
 have /usr/sbin/mariadbd || need+=(mariadb-server)
 have /usr/sbin/rabbitmq-server || need+=(rabbitmq-server)
 command -v tmux >/dev/null || need+=(tmux)
+# The console bridge's browser tests drive noVNC in Debian's headless Chromium.
+have /usr/bin/chromium || need+=(chromium)
+have /usr/bin/chromedriver || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

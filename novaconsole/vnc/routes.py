@@ -54,6 +54,10 @@ class RelayPeer(Protocol):
         """Send all of ``data`` (blocking)."""
         ...
 
+    def abort(self) -> None:
+        """Wake a thread blocked reading (shut the stream down); never raises."""
+        ...
+
     def close(self) -> None:
         """Close; never raises."""
         ...
@@ -83,9 +87,12 @@ class SocketPeer:
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def close(self) -> None:
+    def abort(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.abort()
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -120,6 +127,10 @@ class WebSocketPeer:
 
     def sendall(self, data: bytes) -> None:
         self._ws.send_binary(data)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ws.abort()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -333,31 +344,44 @@ def _connect_through_path(sock: socket.socket, path: str, where: str) -> None:
         raise ProbeError(f"{where} sent data before the RFB greeting after CONNECT")
 
 
+class PeerTransport:
+    """A :class:`RelayPeer` as the probe's ``Transport`` (for RFB clients over a route)."""
+
+    def __init__(self, peer: RelayPeer, timeout: float) -> None:
+        self.peer = peer
+        self.timeout = timeout
+
+    def receive(self) -> bytes:
+        import select
+
+        from novaconsole.vnc.probe import TransportClosed
+
+        while True:
+            if not self.peer.buffered():
+                try:
+                    ready, _, _ = select.select([self.peer], [], [], self.timeout)
+                except (OSError, ValueError):  # closed under us by close()
+                    raise TransportClosed() from None
+                if not ready:
+                    raise TimeoutError()
+            data = self.peer.recv()
+            if data is None:
+                raise TransportClosed()
+            if data:
+                return data
+
+    def send(self, data: bytes) -> None:
+        self.peer.sendall(data)
+
+    def abort(self) -> None:
+        self.peer.abort()
+
+    def close(self) -> None:
+        self.peer.close()
+
+
 def _handshake(peer: RelayPeer, where: str, timeout: float) -> RfbHandshake:
-    from novaconsole.vnc.probe import TransportClosed
-
-    class _PeerTransport:
-        def receive(self) -> bytes:
-            import select
-
-            while True:
-                if not peer.buffered():
-                    ready, _, _ = select.select([peer], [], [], timeout)
-                    if not ready:
-                        raise TimeoutError()
-                data = peer.recv()
-                if data is None:
-                    raise TransportClosed()
-                if data:
-                    return data
-
-        def send(self, data: bytes) -> None:
-            peer.sendall(data)
-
-        def close(self) -> None:
-            peer.close()
-
-    return perform_handshake(_PeerTransport(), where)
+    return perform_handshake(PeerTransport(peer, timeout), where)
 
 
 def agent_route(conn: Any, server: ServerInfo) -> Upstream:

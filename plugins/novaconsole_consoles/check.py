@@ -1,5 +1,6 @@
 """``verify --console``: Nova's console API, nova-novncproxy, the compute node's VNC server
-and our bridge, walked end to end on one server with an RFB handshake through the bridge.
+and our bridge, walked end to end on one server: an RFB session through the bridge that
+must receive a framebuffer update showing something (not one colour).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Any
 from novaconsole.hookspecs import hookimpl
 from novaconsole.verify import Check, CheckResult
 from novaconsole.vnc.bridge import ConsoleBridge
-from novaconsole.vnc.probe import probe_console
 from novaconsole.vnc.routes import CONSOLE_STATUSES, NovaRoute, find_server
+from novaconsole.vnc.session import RfbSession
+from novaconsole_consoles.session import settled_frame
 
 CHECK_NAME = "console"
 TIMEOUT_S = 30.0
@@ -35,21 +37,45 @@ def run_console_check(conn: Any, server: str | None) -> CheckResult:
     with ConsoleBridge() as bridge:
         bridge.add_route(route)
         ticket = bridge.issue_ticket(info.id)
-        probe = probe_console(bridge.websocket_url(info.id, ticket), timeout=TIMEOUT_S)
+        with RfbSession.open_url(bridge.websocket_url(info.id, ticket), timeout=TIMEOUT_S) as rfb:
+            settled = settled_frame(rfb, TIMEOUT_S)
+            updated = settled is not None
+            frame = settled or rfb.snapshot()
+            hs = rfb.handshake
+            error = rfb.error
         sessions = [s.as_dict() for s in bridge.sessions]
-    hs = probe.handshake
+    via = f"through our bridge and {route.where}"
+    facts = {
+        "server": {"id": info.id, "name": info.name, "status": info.status},
+        "upstream": route.where,
+        "handshake": hs.as_dict(),
+        "framebuffer_update": updated,
+        "blank": frame.is_blank(),
+        "sessions": sessions,
+    }
+    size = f"{hs.width}x{hs.height}"
+    if not updated:
+        reason = f": {error}" if error else ""
+        return CheckResult(
+            CHECK_NAME,
+            False,
+            f"{info.name}: RFB handshake done but no framebuffer update within "
+            f"{TIMEOUT_S:g} s {via}{reason}",
+            facts,
+        )
+    if frame.is_blank():
+        return CheckResult(
+            CHECK_NAME,
+            False,
+            f"{info.name}: its {size} screen is blank (one colour) {via}",
+            facts,
+        )
     return CheckResult(
         CHECK_NAME,
         True,
-        f"{info.name}: RFB {hs.version[0]}.{hs.version[1]} {hs.width}x{hs.height} "
-        f"{hs.name!r} through our bridge and {route.where}",
-        {
-            "server": {"id": info.id, "name": info.name, "status": info.status},
-            "upstream": route.where,
-            "bridge_websocket": probe.websocket_url,
-            "handshake": hs.as_dict(),
-            "sessions": sessions,
-        },
+        f"{info.name}: RFB {hs.version[0]}.{hs.version[1]} {size} {hs.name!r}, "
+        f"a non-blank screen {via}",
+        facts,
     )
 
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from novaconsole.errors import EXIT_OK, ConfigError
+from novaconsole.errors import EXIT_OK, ConnectionFailure
 from novaconsole.output import emit_json
 from novaconsole.vnc.bridge import ConsoleBridge
-from novaconsole.vnc.routes import VIA_CHOICES
+from novaconsole.vnc.routes import VIA_CHOICES, PeerTransport
 from novaconsole.vnc.tickets import TicketPolicy
 from novaconsole_consoles.session import (
     Console,
@@ -17,7 +17,11 @@ from novaconsole_consoles.session import (
     open_in_browser,
     open_route,
     parse_listen,
+    settled_frame,
 )
+
+#: Seconds for the route to open and the first framebuffer update to arrive.
+SCREENSHOT_TIMEOUT_S = 30.0
 
 
 def add_console_command(subparsers: Any) -> None:
@@ -140,14 +144,38 @@ def _until_done(bridge: ConsoleBridge, policy: TicketPolicy) -> int:
 
 
 def _screenshot(args: argparse.Namespace) -> int:
-    import importlib.util
+    """Write the server's current screen as PNG: one framebuffer update, then close."""
+    from novaconsole.vnc.png import write_png
+    from novaconsole.vnc.session import RfbSession
 
-    if importlib.util.find_spec("novaconsole.vnc.rfb") is None:
-        raise ConfigError(
-            "--screenshot needs novaconsole's RFB client (novaconsole.vnc.rfb), "
-            "which this build does not have"
+    console = open_route(getattr(args, "os_cloud", None), args.server, args.via, check=False)
+    session = RfbSession(
+        PeerTransport(console.route.open(SCREENSHOT_TIMEOUT_S), SCREENSHOT_TIMEOUT_S),
+        console.route.where,
+    )
+    with session:
+        console.handshake = session.start()
+        frame = settled_frame(session, SCREENSHOT_TIMEOUT_S)
+        if frame is None:
+            raise ConnectionFailure(
+                f"{console.route.where} sent no framebuffer update within "
+                f"{SCREENSHOT_TIMEOUT_S:g} s" + (f": {session.error}" if session.error else "")
+            )
+        path = write_png(args.screenshot, frame.width, frame.height, frame.pixels)
+    if args.format == "json":
+        emit_json(
+            describe(
+                console,
+                None,
+                screenshot=str(path),
+                width=frame.width,
+                height=frame.height,
+                blank=frame.is_blank(),
+            )
         )
-    raise ConfigError("--screenshot: the RFB client is present but not wired here yet")
+    else:
+        print(path)
+    return EXIT_OK
 
 
 # -- verify --console -------------------------------------------------------------------------

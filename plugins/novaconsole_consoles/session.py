@@ -25,7 +25,8 @@ class Console:
     cloud: str
     server: ServerInfo
     route: Upstream
-    handshake: RfbHandshake
+    #: From the pre-flight, or the session's own handshake when there was none.
+    handshake: RfbHandshake | None
 
 
 def _quiet_sdk_logs() -> None:
@@ -35,8 +36,9 @@ def _quiet_sdk_logs() -> None:
         logging.getLogger(name).addHandler(logging.NullHandler())
 
 
-def open_route(cloud: str | None, server: str, via: str = "nova") -> Console:
-    """Connect to ``cloud``, find ``server`` (name or ID), build and check the route."""
+def open_route(cloud: str | None, server: str, via: str = "nova", *, check: bool = True) -> Console:
+    """Connect to ``cloud``, find ``server`` (name or ID), build the route and (unless the
+    caller's own session checks it at once) complete one RFB handshake over it."""
     from novaconsole.cloud import connect, default_cloud_name, describe_failure
 
     _quiet_sdk_logs()
@@ -51,7 +53,7 @@ def open_route(cloud: str | None, server: str, via: str = "nova") -> Console:
         raise describe_failure(exc, f"cloud {label!r}") from exc
     info = find_server(conn, server, name or label)
     route = make_route(via, conn, info)
-    handshake = route.check(PREFLIGHT_TIMEOUT_S)
+    handshake = route.check(PREFLIGHT_TIMEOUT_S) if check else None
     return Console(name or label, info, route, handshake)
 
 
@@ -85,6 +87,29 @@ def open_in_browser(url: str) -> bool:
         return bool(webbrowser.open(url, new=1))
     except webbrowser.Error:
         return False
+
+
+def settled_frame(
+    rfb: Any, timeout: float, *, quiet_s: float = 0.5, settle_s: float = 2.0
+) -> Any | None:
+    """The screen once updates pause for ``quiet_s`` (at most ``settle_s`` after the first
+    update); None if no update came within ``timeout``.
+
+    QEMU's first update to a new client can be a cleared screen with the text following
+    at once, so "the current screen" is the one after the burst, not the first update; a
+    blinking cursor never pauses, hence the cap.
+    """
+    import time
+
+    if not rfb.wait_for_update(timeout):
+        return None
+    deadline = time.monotonic() + settle_s
+    seen = rfb.update_count
+    while (left := deadline - time.monotonic()) > 0:
+        if not rfb.wait_for_update(min(quiet_s, left), after=seen):
+            break
+        seen = rfb.update_count
+    return rfb.snapshot()
 
 
 # -- the TUI's bridge (one per process) ---------------------------------------------------
@@ -123,7 +148,7 @@ def describe(console: Console, bridge: ConsoleBridge | None, **extra: Any) -> di
         },
         "via": console.route.via,
         "upstream": console.route.where,
-        "handshake": console.handshake.as_dict(),
+        "handshake": console.handshake.as_dict() if console.handshake else None,
     }
     if bridge is not None:
         policy = bridge.tickets.policy

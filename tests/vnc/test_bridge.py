@@ -18,12 +18,16 @@ from dataclasses import dataclass, field
 
 import pytest
 import websocket
+from qemu_guest import QEMU, seabios_guest
 from test_probe import RfbPeers, qemu_vnc_port, rfb_peers
+from test_rfb import _wait_rows
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.vnc.bridge import LOG, ConsoleBridge, redact
+from novaconsole.vnc.framebuffer import Rect
 from novaconsole.vnc.probe import ProbeError, probe_console, probe_vnc_server
 from novaconsole.vnc.routes import TcpRoute
+from novaconsole.vnc.session import RfbSession
 from novaconsole.vnc.tickets import (
     Refusal,
     TicketPolicy,
@@ -384,3 +388,33 @@ def test_upstream_down_closes_with_1011(bridge: Bridge) -> None:
     assert struct.unpack(">H", frame.data[:2])[0] == 1011
     bridge.bridge.wait_until_idle()
     assert "connection refused" in bridge.bridge.sessions[-1].end_reason.lower()
+
+
+# -- a real guest screen through the bridge ----------------------------------------------------
+
+
+def test_guest_screen_and_keys_through_the_bridge(captured: Captured) -> None:
+    """SeaBIOS's screen arrives through our websocket as it does over TCP; Escape reaches it."""
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    with seabios_guest("bridge-test-keys") as port:
+        direct = RfbSession.open_tcp("127.0.0.1", port)
+        with direct, ConsoleBridge() as bridge:
+            bridge.add_route(TcpRoute(SERVER, "127.0.0.1", port))
+            ticket = bridge.issue_ticket(SERVER)
+            with RfbSession.open_url(bridge.websocket_url(SERVER, ticket)) as bridged:
+                _wait_rows(direct, lambda r: r[:2] == [0, 2] and 6 not in r)
+                _wait_rows(bridged, lambda r: r[:2] == [0, 2] and 6 not in r)
+                top = Rect(0, 0, 720, 48)
+                assert bridged.snapshot().crop(top) == direct.snapshot().crop(top)
+                assert not bridged.snapshot().is_blank()
+                bridged.press("escape")
+                rows = _wait_rows(bridged, lambda r: 6 in r)  # SeaBIOS's boot menu
+                assert rows[:3] == [0, 2, 4]
+                # The other client (shared session) sees the same menu: the key went to QEMU.
+                assert 6 in _wait_rows(direct, lambda r: 6 in r)
+            bridge.wait_until_idle()
+            record = bridge.sessions[0]
+            assert record.end_reason == "client closed"
+            assert record.bytes_to_client > 1000
+    assert ticket not in "\n".join(captured.lines)
