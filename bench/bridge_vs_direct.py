@@ -398,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     conn = openstack.connect(cloud=CLOUD)
     booted = None if args.server else _boot(conn)
     try:
-        info: ServerInfo = find_server(conn, args.server or booted.id, CLOUD)
+        name = str(args.server) if booted is None else str(booted.id)
+        info: ServerInfo = find_server(conn, name, CLOUD)
         direct_route, nova_route = DirectRoute(conn, info), NovaRoute(conn, info)
         host, port, _ = direct_route.target()
         import socket
