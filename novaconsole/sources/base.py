@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.parse import (
     endpoint_rows,
     hypervisor_rows,
@@ -96,6 +97,14 @@ class CloudSource(ABC):
     @abstractmethod
     def console_output(self, server: ServerRow, length: int | None = 200) -> str:
         """The server's console log (``os-getConsoleOutput``)."""
+
+    def remote_console_url(self, server: ServerRow, protocol: str = "vnc") -> str:
+        """A console URL from Nova for ``server``: ``"vnc"`` (noVNC) or ``"serial"`` (ws://).
+
+        The URL carries a token granting console access: never log or print it unredacted.
+        Sources that cannot open consoles say so in one line.
+        """
+        raise ConnectionFailure(f"cloud {self.name!r}: this source cannot open consoles")
 
     # -- rows (shared) -----------------------------------------------------------------
 

@@ -243,6 +243,22 @@ class OpenStackSource(CloudSource):
             raise self._fail(exc, f"console log of server {server.name} ({server.id})") from exc
         return str(result.get("output", "")) if isinstance(result, dict) else str(result)
 
+    def remote_console_url(self, server: ServerRow, protocol: str = "vnc") -> str:
+        console_type = {"vnc": "novnc", "serial": "serial"}.get(protocol)
+        if console_type is None:
+            raise ConnectionFailure(f"unknown console protocol {protocol!r} (vnc or serial)")
+        what = f"{protocol} console of server {server.name} ({server.id})"
+        try:
+            console = self.conn.compute.create_server_remote_console(
+                server.id, protocol=protocol, type=console_type
+            )
+        except Exception as exc:
+            raise self._fail(exc, what) from exc
+        url = getattr(console, "url", None)
+        if not url:
+            raise ConnectionFailure(f"{what} on cloud {self.name!r}: Nova returned no URL")
+        return str(url)
+
     def close(self) -> None:
         # Best effort: the session may already be gone.
         with contextlib.suppress(Exception):

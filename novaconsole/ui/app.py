@@ -114,6 +114,12 @@ class NovaConsoleApp(App[int]):
         self.cloud_names = cloud_names
         self.remember_theme = remember_theme
         self.source: CloudSource | None = None
+        #: Open console sessions from a URL (None: the real RFB / serial clients); tests
+        #: put their recorded fakes here.
+        self.console_opener: Callable[[str], Any] | None = None
+        self.serial_opener: Callable[[str], Any] | None = None
+        #: Where console screenshots go (None: the current directory).
+        self.screenshot_dir: Path | None = None
         self.info: CloudInfo | None = None
         self.connect_error: str | None = None
         self.known_clouds: list[str] = []

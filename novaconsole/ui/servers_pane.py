@@ -1,4 +1,4 @@
-"""The Servers pane: all projects' servers, start/stop/reboot, console log, open console."""
+"""The Servers pane: all projects' servers, start/stop/reboot, console log, consoles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from textual.binding import Binding, BindingType
 
 from novaconsole.sources.base import CloudSource
 from novaconsole.sources.rows import ServerRow
+from novaconsole.ui.console_screen import console_screen_for
 from novaconsole.ui.pane import ResourcePane, describe_exception
+from novaconsole.ui.serial_screen import serial_screen_for
 from novaconsole.ui.table import Column
 from novaconsole.ui.text_screen import TextScreen
 
@@ -30,7 +32,8 @@ class ServersPane(ResourcePane):
         Binding("b", "server_action('reboot')", "Reboot"),
         Binding("B", "server_action('reboot-hard')", "Hard reboot"),
         Binding("l", "console_log", "Console log"),
-        Binding("c", "open_console", "Open console"),
+        Binding("c", "open_console", "Console"),
+        Binding("S", "serial_console", "Serial console"),
     ]
 
     def build_columns(self) -> list[Column]:
@@ -91,21 +94,8 @@ class ServersPane(ResourcePane):
 
     def action_open_console(self) -> None:
         if (row := self._selected()) is not None and self.source is not None:
-            self._open_console(row, self.source.name)
+            self.app.push_screen(console_screen_for(self.app, self.source, row))
 
-    @work(thread=True, exit_on_error=False, group="open-console")
-    def _open_console(self, row: ServerRow, cloud: str) -> None:
-        hook = getattr(self.app, "plugin_manager", None)
-        try:
-            url = (
-                hook.hook.novaconsole_open_console(server_id=row.id, cloud=cloud) if hook else None
-            )
-        except Exception as exc:
-            message, severity = f"open console of {row.name}: {describe_exception(exc)}", "error"
-        else:
-            if url:
-                message, severity = f"console of {row.name}: {url}", "information"
-            else:
-                message = "no plugin opens graphical consoles yet (the VNC bridge provides one)"
-                severity = "warning"
-        self.app.call_from_thread(self.app.notify, message, severity=severity, timeout=10)
+    def action_serial_console(self) -> None:
+        if (row := self._selected()) is not None and self.source is not None:
+            self.app.push_screen(serial_screen_for(self.app, self.source, row))

@@ -111,3 +111,45 @@ def parse_combo(combo: str) -> list[Key]:
         else:
             raise ValueError(f"unknown key {part!r} in {combo!r}")
     return keys
+
+
+#: Terminal key names (Textual's) that differ from ours.
+_TERMINAL_NAMES = {"ctrl+space": "ctrl+@"}
+
+
+def keys_for_terminal_key(name: str, character: str | None) -> list[Key] | None:
+    """What a key pressed in the local terminal means for the guest (None: nothing).
+
+    ``name`` is the terminal's key name (``"enter"``, ``"ctrl+c"``, ``"shift+up"``) and
+    ``character`` the text it produced, if any; printable characters are typed as such
+    (Shift added where the US layout needs it), everything else goes by name.
+    """
+    name = _TERMINAL_NAMES.get(name, name)
+    if character and len(character) == 1 and character.isprintable() and "ctrl+" not in name:
+        key, shifted = char_key(character)
+        return [SHIFT, key] if shifted else [key]
+    parts = name.split("+")
+    base = parts[-1]
+    if len(base) > 1 and base not in NAMED_KEYS:
+        # Textual names punctuation ("right_square_bracket"); with a modifier, use the
+        # character those names stand for when we know it.
+        base = _PUNCTUATION.get(base, base)
+    try:
+        return parse_combo("+".join([*parts[:-1], base]))
+    except ValueError:
+        return None
+
+
+_PUNCTUATION = {
+    "right_square_bracket": "]",
+    "left_square_bracket": "[",
+    "backslash": "\\",
+    "minus": "-",
+    "equals_sign": "=",
+    "slash": "/",
+    "full_stop": ".",
+    "comma": ",",
+    "semicolon": ";",
+    "apostrophe": "'",
+    "grave_accent": "`",
+}

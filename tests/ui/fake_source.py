@@ -161,3 +161,8 @@ class FakeCloudSource(CloudSource):
         if length:
             text = "\n".join(text.splitlines()[-length:])
         return text
+
+    def remote_console_url(self, server: ServerRow, protocol: str = "vnc") -> str:
+        self._call("remote_console_url", server.id, protocol)
+        port = 6083 if protocol == "serial" else 6080
+        return f"ws://console.invalid:{port}/?token=recorded-{protocol}"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from console_helpers import FROZEN_NOW, AppFactory, settle
+from fake_rfb import FakeRfbOpener
 from fake_source import FakeCloudSource
 
 from novaconsole.errors import ConfigError, ConnectionFailure
@@ -17,6 +18,7 @@ from novaconsole.plugins import PluginManager
 from novaconsole.sources.console_api import ConsoleAction, ConsoleColumn, ConsolePane
 from novaconsole.ui.app import NovaConsoleApp
 from novaconsole.ui.confirm import ConfirmScreen
+from novaconsole.ui.console_screen import ConsoleScreen
 from novaconsole.ui.help_screen import HelpScreen
 from novaconsole.ui.services_pane import ServicesPane
 from novaconsole.ui.settings import ConsoleSettings, load_settings
@@ -384,9 +386,12 @@ async def test_server_actions_console_log_and_open_console(fake_app: AppFactory)
         assert app.screen.body == source.data["console_output"][server.id].strip("\n") or (
             app.screen.body.strip() == source.data["console_output"][server.id].strip()
         )
+        # c opens the in-terminal console (its own tests: test_console_screen.py).
+        app.console_opener = FakeRfbOpener()
         await pilot.press("escape", "c")
         await settle(pilot)
-        assert any("no plugin opens graphical consoles" in n for n in _notes(app))
+        assert isinstance(app.screen, ConsoleScreen)
+        assert ("remote_console_url", server.id, "vnc") in source.calls
 
 
 async def test_images_visibility_filter_asks_glance(fake_app: AppFactory) -> None:
@@ -464,7 +469,11 @@ async def test_plugins_add_panes_columns_actions_and_open_consoles(
         await pilot.press("y")
         await settle(pilot)
         assert plugin.noted
+        app.console_opener = FakeRfbOpener()
         await pilot.press("5", "c")
+        await settle(pilot)
+        assert isinstance(app.screen, ConsoleScreen), app.screen
+        await pilot.press("ctrl+o")  # open in browser: the plugin's hook
         await settle(pilot)
         assert plugin.opened == [(servers.table.data.rows[0].id, "novaconsole-lab")]
         assert any("vnc.html?server=" in n for n in _notes(app))

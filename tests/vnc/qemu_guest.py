@@ -47,8 +47,12 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
 
 
 @contextmanager
-def seabios_guest(name: str = "rfb-test") -> Iterator[int]:
-    """Run the guest; yields its VNC port on 127.0.0.1. Killed on exit."""
+def seabios_guest(name: str = "rfb-test", *, boot_menu: bool = True) -> Iterator[int]:
+    """Run the guest; yields its VNC port on 127.0.0.1. Killed on exit.
+
+    Without the boot menu SeaBIOS goes straight to "No bootable device." (the lab's
+    blank image shows the same).
+    """
     assert QEMU is not None
     display = free_vnc_display()
     proc = subprocess.Popen(
@@ -56,7 +60,7 @@ def seabios_guest(name: str = "rfb-test") -> Iterator[int]:
             QEMU,
             "-machine", "pc", "-accel", "tcg", "-m", "32",
             "-display", "none", "-nodefaults", "-vga", "std", "-net", "none",
-            "-boot", "menu=on,splash-time=60000",
+            *(["-boot", "menu=on,splash-time=60000"] if boot_menu else []),
             "-name", f"guest={name}",
             "-vnc", f"127.0.0.1:{display}",
         ],
