@@ -224,6 +224,31 @@ def _create_console_url(conn: Any, server: ServerInfo) -> str:
     return url
 
 
+def serial_console_url(route: Upstream, server: ServerInfo) -> str:
+    """nova-serialproxy's ``ws://HOST:6083/?token=...`` for ``server`` (a secret: never log)."""
+    from openstack import exceptions
+
+    conn = getattr(route, "conn", None)
+    if conn is None:
+        raise ConfigError("the serial console needs a route through Nova's API")
+    try:
+        console = conn.compute.create_server_remote_console(
+            server.id, protocol="serial", type="serial"
+        )
+    except exceptions.SDKException as exc:
+        raise nova_failure(
+            exc,
+            f"Nova would not give a serial console for server {server.name} ({server.id}) "
+            "([serial_console] enabled on its compute node?)",
+        ) from None
+    url = str(getattr(console, "url", "") or "")
+    if not url:
+        raise ConnectionFailure(
+            f"Nova returned no serial console URL for server {server.name} ({server.id})"
+        )
+    return url
+
+
 def _token_of(url: str) -> str:
     from urllib.parse import parse_qs, urlsplit
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from novaconsole.errors import EXIT_OK, ConnectionFailure
+from novaconsole.errors import EXIT_OK, ConfigError, ConnectionFailure
 from novaconsole.output import emit_json
 from novaconsole.vnc.bridge import ConsoleBridge
 from novaconsole.vnc.routes import VIA_CHOICES, PeerTransport
@@ -53,6 +53,11 @@ def add_console_command(subparsers: Any) -> None:
         "--vnc", action="store_true", help="print ADDR:PORT for a VNC client (one connection)"
     )
     mode.add_argument("--screenshot", metavar="FILE", help="write the current screen as PNG")
+    mode.add_argument(
+        "--serial",
+        action="store_true",
+        help="attach this terminal to the server's serial console (Ctrl-] detaches)",
+    )
     p.add_argument("-f", "--format", choices=("table", "json"), default="table")
     p.add_argument(
         "--ticket-ttl",
@@ -85,6 +90,8 @@ def run_console_command(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen) if args.listen else ("127.0.0.1", 0)
     if args.screenshot:
         return _screenshot(args)
+    if args.serial:
+        return _serial(args)
     console = open_route(getattr(args, "os_cloud", None), args.server, args.via)
     if args.vnc:
         return _serve_vnc(args, console, listen, policy)
@@ -175,6 +182,25 @@ def _screenshot(args: argparse.Namespace) -> int:
         )
     else:
         print(path)
+    return EXIT_OK
+
+
+def _serial(args: argparse.Namespace) -> int:
+    """``virsh console`` for a Nova server: nova-serialproxy, raw terminal, Ctrl-] detaches."""
+    from novaconsole.vnc.routes import serial_console_url
+    from novaconsole.vnc.serial import SerialSession, run_raw_terminal
+
+    if args.via != "nova":
+        raise ConfigError("--serial goes through nova-serialproxy only (--via nova)")
+    console = open_route(getattr(args, "os_cloud", None), args.server, "nova", check=False)
+    url = serial_console_url(console.route, console.server)
+    session = SerialSession.open_url(url, timeout=SCREENSHOT_TIMEOUT_S)
+    reason = run_raw_terminal(
+        session,
+        banner=f"serial console of {console.server.name} ({session.where}); Ctrl-] detaches",
+    )
+    if reason:
+        raise ConnectionFailure(f"serial console of {console.server.name}: {reason}")
     return EXIT_OK
 
 
