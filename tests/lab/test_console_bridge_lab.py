@@ -11,6 +11,7 @@ events: raw scancodes) makes it reboot. Either way a key event visibly changes t
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -374,7 +375,7 @@ def test_cli_serial_runs_a_command_and_detaches(lab_server: LabServer, lab_cloud
                 next_try = time.monotonic() + 5
             ready, _, _ = select.select([proc.stdout], [], [], 1)
             if ready:
-                chunk = proc.stdout.read1(65536)
+                chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
                 seen += chunk
