@@ -323,6 +323,22 @@ def test_verify_console(lab_server: LabServer, lab_cloud: str) -> None:
     assert "token" not in proc.stdout.replace('"token', "")
 
 
+def test_unknown_nova_token_is_one_line_without_the_token(lab_server: LabServer) -> None:
+    """What the direct route says when Nova no longer knows a token (expired or forged)."""
+    from openstack import exceptions
+
+    from novaconsole.vnc.routes import nova_failure
+
+    token = uuid.uuid4().hex + uuid.uuid4().hex[:4]
+    with pytest.raises(exceptions.SDKException) as info:
+        lab_server.conn.compute.validate_console_auth_token(token)
+    assert token in str(info.value)  # the SDK's own message names it ...
+    line = nova_failure(info.value, "GET /os-console-auth-tokens", secret=token).one_line()
+    assert token not in line  # ... ours does not
+    assert line.startswith("GET /os-console-auth-tokens: ")
+    assert "\n" not in line
+
+
 def test_taken_port_is_one_line(lab_server: LabServer, lab_cloud: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
