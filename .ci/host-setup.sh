@@ -20,6 +20,9 @@ have /usr/sbin/rabbitmq-server || need+=(rabbitmq-server)
 command -v tmux >/dev/null || need+=(tmux)
 # Tests check the lab guest's initramfs writer against GNU cpio (the lab itself needs no cpio).
 command -v cpio >/dev/null || need+=(cpio)
+# The console bridge's browser tests drive noVNC in Debian's headless Chromium.
+have /usr/bin/chromium || need+=(chromium)
+have /usr/bin/chromedriver || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

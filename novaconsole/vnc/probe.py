@@ -538,7 +538,11 @@ class ConsoleProbe:
         }
 
 
-def _open_websocket(endpoint: ConsoleEndpoint, origin: str | None, timeout: float) -> Any:
+def open_websocket(endpoint: ConsoleEndpoint, origin: str | None, timeout: float) -> Any:
+    """A websocket-client connection to ``endpoint`` (subprotocol ``binary``), or ProbeError.
+
+    The bridge's ``nova`` route relays through it, so its failures are the probe's lines.
+    """
     import websocket
 
     where = f"console proxy at {endpoint.host}:{endpoint.port}"
@@ -582,6 +586,9 @@ def _open_websocket(endpoint: ConsoleEndpoint, origin: str | None, timeout: floa
         raise ProbeError(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
+_open_websocket = open_websocket  # the name before the bridge shared it
+
+
 def probe_console(
     url: str,
     *,
@@ -600,7 +607,7 @@ def probe_console(
     start = time.perf_counter()
     endpoint = parse_console_url(url)
     sent_origin = endpoint.origin if origin == "" else origin
-    ws = _open_websocket(endpoint, sent_origin, timeout)
+    ws = open_websocket(endpoint, sent_origin, timeout)
     transport = WebSocketTransport(ws)
     where = f"console proxy at {endpoint.host}:{endpoint.port}"
     try:

@@ -1,0 +1,563 @@
+"""Console bridge vs direct TCP vs nova-novncproxy: round-trip latency, throughput, 50 sessions.
+
+    python -m bench bridge_vs_direct [--server NAME] [--rounds 200] [--frames 20]
+                                     [--sessions 50] [--write]
+
+One lab server's VNC console is reached four ways: TCP straight to the compute node's VNC
+port (``direct``), nova-novncproxy's websocket (``novncproxy``), our bridge in front of
+the direct route (``bridge``) and our bridge in front of nova-novncproxy
+(``bridge+novncproxy``). Each path completes the RFB handshake, asks for Raw encoding and
+times non-incremental FramebufferUpdateRequest -> FramebufferUpdate round trips (a 16x16
+region: latency) and full-screen updates (throughput). Then a bridge in a process of its
+own serves ``--sessions`` concurrent sessions (handshake plus one full frame each) while
+its RSS and CPU time are read from /proc. Without ``--server`` a ``bridge-bench-*`` server
+is booted from the lab's smallest image and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench._common import machine_facts, write_section
+from novaconsole.vnc.probe import (
+    RfbHandshake,
+    SocketTransport,
+    Transport,
+    WebSocketTransport,
+    perform_handshake,
+)
+
+HEADING = "Console bridge vs direct"
+CLOUD = "novaconsole-lab"
+
+
+class Stream:
+    """Exact reads over a probe Transport."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+
+    def read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.buffer += self.transport.receive()
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+
+def set_raw(transport: Transport) -> None:
+    # SetEncodings: Raw only, so every reply is w*h*bpp/8 bytes of pixels.
+    transport.send(struct.pack(">BxHi", 2, 1, 0))
+
+
+def request(transport: Transport, x: int, y: int, w: int, h: int) -> None:
+    transport.send(struct.pack(">BBHHHH", 3, 0, x, y, w, h))
+
+
+def read_update(stream: Stream, bytes_per_pixel: int) -> int:
+    """One FramebufferUpdate (Raw rects); returns its pixel bytes."""
+    while True:
+        kind = stream.read(1)[0]
+        if kind == 0:
+            break
+        if kind == 2:  # Bell
+            continue
+        if kind == 3:  # ServerCutText
+            (length,) = struct.unpack(">xxxI", stream.read(7))
+            stream.read(length)
+            continue
+        raise RuntimeError(f"unexpected RFB server message type {kind}")
+    (rects,) = struct.unpack(">xH", stream.read(3))
+    total = 0
+    for _ in range(rects):
+        _, _, w, h, encoding = struct.unpack(">HHHHi", stream.read(12))
+        if encoding != 0:
+            raise RuntimeError(f"unexpected encoding {encoding} (asked for Raw only)")
+        total += w * h * bytes_per_pixel
+        stream.read(w * h * bytes_per_pixel)
+    return total
+
+
+@dataclass
+class PathResult:
+    name: str
+    where: str
+    rtt_ms: list[float]
+    throughput_mb_s: float
+
+    def row(self, direct: PathResult | None) -> str:
+        p50 = statistics.median(self.rtt_ms)
+        p95 = sorted(self.rtt_ms)[int(len(self.rtt_ms) * 0.95) - 1]
+        added = f"{p50 - statistics.median(direct.rtt_ms):+.3f}" if direct else "-"
+        ratio = f"{self.throughput_mb_s / direct.throughput_mb_s:.0%}" if direct else "-"
+        return (
+            f"| {self.name} | {self.where} | {p50:.3f} | {p95:.3f} | {added} | "
+            f"{self.throughput_mb_s:.1f} | {ratio} |"
+        )
+
+
+def measure(name: str, where: str, transport: Transport, rounds: int, frames: int) -> PathResult:
+    hs: RfbHandshake = perform_handshake(transport, where)
+    bpp = hs.pixel_format.bits_per_pixel // 8
+    stream = Stream(transport)
+    set_raw(transport)
+    for _ in range(5):  # warm-up
+        request(transport, 0, 0, 16, 16)
+        read_update(stream, bpp)
+    rtts: list[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        request(transport, 0, 0, 16, 16)
+        read_update(stream, bpp)
+        rtts.append((time.perf_counter() - start) * 1000)
+    moved = 0
+    start = time.perf_counter()
+    for _ in range(frames):
+        request(transport, 0, 0, hs.width, hs.height)
+        moved += read_update(stream, bpp)
+    elapsed = time.perf_counter() - start
+    transport.close()
+    return PathResult(name, where, rtts, moved / elapsed / 1e6)
+
+
+def websocket_transport(url: str, origin: str | None) -> Transport:
+    from novaconsole.vnc.probe import open_websocket, parse_console_url
+
+    endpoint = parse_console_url(url)
+    return WebSocketTransport(open_websocket(endpoint, origin, 30))
+
+
+# -- a VNC server that answers at once (QEMU waits for its refresh timer) ------------------
+
+
+class InstantRfbServer:
+    """RFB 3.8, security None, 720x400x32; every FramebufferUpdateRequest answered at once
+    with Raw pixels, so a round trip measures the path, not QEMU's update timer."""
+
+    WIDTH, HEIGHT = 720, 400
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.pixels = bytes(range(256)) * (self.WIDTH * self.HEIGHT * 4 // 256)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        import socket
+
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = Stream(SocketTransport(conn))
+        try:
+            conn.sendall(b"RFB 003.008\n")
+            stream.read(12)
+            conn.sendall(b"\x01\x01")
+            stream.read(1)
+            conn.sendall(struct.pack(">I", 0))
+            stream.read(1)
+            name = b"instant"
+            conn.sendall(
+                struct.pack(">HHBBBBHHHBBBxxx", self.WIDTH, self.HEIGHT, 32, 24, 0, 1,
+                            255, 255, 255, 16, 8, 0)
+                + struct.pack(">I", len(name)) + name
+            )  # fmt: skip
+            while True:
+                kind = stream.read(1)[0]
+                if kind == 0:
+                    stream.read(19)
+                elif kind == 2:
+                    (count,) = struct.unpack(">xH", stream.read(3))
+                    stream.read(4 * count)
+                elif kind == 3:
+                    _, x, y, w, h = struct.unpack(">BHHHH", stream.read(9))
+                    conn.sendall(
+                        struct.pack(">BxHHHHHi", 0, 1, x, y, w, h, 0) + self.pixels[: w * h * 4]
+                    )
+                elif kind == 4:
+                    stream.read(7)
+                elif kind == 5:
+                    stream.read(5)
+                elif kind == 6:
+                    (length,) = struct.unpack(">xxxI", stream.read(7))
+                    stream.read(length)
+                else:
+                    return
+        except Exception:
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- 50 sessions against a bridge process ------------------------------------------------
+
+
+def serve(host: str, port: int, sessions: int) -> int:
+    """Child mode: a bridge to host:port; prints its websocket URLs, runs until stdin ends."""
+    from novaconsole.vnc.bridge import ConsoleBridge
+    from novaconsole.vnc.routes import TcpRoute
+
+    with ConsoleBridge() as bridge:
+        bridge.add_route(TcpRoute("bench", host, port))
+        urls = [
+            bridge.websocket_url("bench", bridge.issue_ticket("bench")) for _ in range(sessions)
+        ]
+        _, vnc_port = bridge.open_vnc_port("bench")
+        print(json.dumps({"pid": os.getpid(), "urls": urls, "vnc_port": vnc_port}), flush=True)
+        sys.stdin.read()
+    return 0
+
+
+def proc_usage(pid: int) -> tuple[int, float]:
+    """(RSS in KiB, user+system CPU seconds) of ``pid``."""
+    rss = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks
+
+
+class BridgeProcess:
+    """A bridge in a process of its own (so its CPU and memory are its own)."""
+
+    def __init__(self, host: str, port: int, tickets: int) -> None:
+        self.child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bridge_vs_direct",
+                "--serve",
+                f"{host}:{port}",
+                str(tickets),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self.child.stdout is not None
+        info = json.loads(self.child.stdout.readline())
+        self.pid = int(info["pid"])
+        self.urls: list[str] = list(info["urls"])
+        self.vnc_port = int(info["vnc_port"])
+
+    def close(self) -> None:
+        if self.child.stdin:
+            self.child.stdin.close()
+        self.child.wait(timeout=30)
+
+
+def concurrent_sessions(host: str, port: int, count: int) -> dict[str, Any]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.bridge_vs_direct", "--serve", f"{host}:{port}", str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        info = json.loads(child.stdout.readline())
+        pid, urls = int(info["pid"]), list(info["urls"])
+        rss_idle, cpu_idle = proc_usage(pid)
+        transports: list[Transport] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        opened = threading.Barrier(count + 1)
+        release = threading.Event()
+
+        def one(url: str) -> None:
+            try:
+                transport = websocket_transport(url, None)
+                hs = perform_handshake(transport, "bridge")
+                set_raw(transport)
+                request(transport, 0, 0, hs.width, hs.height)
+                read_update(Stream(transport), hs.pixel_format.bits_per_pixel // 8)
+                with lock:
+                    transports.append(transport)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            opened.wait()
+            release.wait()
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(u,), daemon=True) for u in urls]
+        for thread in threads:
+            thread.start()
+        opened.wait()
+        elapsed = time.perf_counter() - start
+        rss_busy, cpu_busy = proc_usage(pid)
+        release.set()
+        for transport in transports:
+            transport.close()
+        for thread in threads:
+            thread.join(timeout=10)
+        return {
+            "sessions": len(transports),
+            "errors": errors[:3],
+            "seconds": elapsed,
+            "rss_idle_mib": rss_idle / 1024,
+            "rss_busy_mib": rss_busy / 1024,
+            "cpu_s": cpu_busy - cpu_idle,
+        }
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def _boot(conn: Any) -> Any:
+    images = [i for i in conn.image.images() if i.status == "active"]
+    image = min(images, key=lambda i: i.size or 0)
+    flavor = min(
+        (f for f in conn.compute.flavors() if f.ram >= (image.min_ram or 0)),
+        key=lambda f: (f.ram, f.vcpus, f.disk),
+    )
+    server = conn.compute.create_server(
+        name=f"bridge-bench-{uuid.uuid4().hex[:8]}",
+        image_id=image.id,
+        flavor_id=flavor.id,
+        networks="none",
+    )
+    return conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=600)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench bridge_vs_direct")
+    parser.add_argument("--server", help="an ACTIVE lab server (default: boot one)")
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--serve", nargs=2, metavar=("HOST:PORT", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        host, _, port = args.serve[0].rpartition(":")
+        return serve(host, int(port), int(args.serve[1]))
+
+    import openstack
+
+    from novaconsole.vnc.bridge import ConsoleBridge
+    from novaconsole.vnc.routes import DirectRoute, NovaRoute, ServerInfo, find_server
+
+    conn = openstack.connect(cloud=CLOUD)
+    booted = None if args.server else _boot(conn)
+    try:
+        name = str(args.server) if booted is None else str(booted.id)
+        info: ServerInfo = find_server(conn, name, CLOUD)
+        direct_route, nova_route = DirectRoute(conn, info), NovaRoute(conn, info)
+        host, port, _ = direct_route.target()
+        import socket
+
+        results: list[PathResult] = []
+
+        def run(name: str, where: str, make: Callable[[], Transport]) -> None:
+            results.append(measure(name, where, make(), args.rounds, args.frames))
+
+        run(
+            "direct",
+            f"TCP {host}:{port}",
+            lambda: SocketTransport(socket.create_connection((host, port), timeout=30)),
+        )
+
+        def via_novncproxy() -> Transport:
+            from novaconsole.vnc.routes import PeerTransport
+
+            return PeerTransport(nova_route.open(30), 30)
+
+        run("novncproxy", "nova-novncproxy websocket", via_novncproxy)
+        with ConsoleBridge() as bridge:
+            bridge.add_route(direct_route)
+            url = bridge.websocket_url(info.id, bridge.issue_ticket(info.id))
+            run("bridge", "our bridge -> TCP", lambda: websocket_transport(url, None))
+            bridge.add_route(nova_route)
+            url = bridge.websocket_url(info.id, bridge.issue_ticket(info.id))
+            run(
+                "bridge+novncproxy",
+                "our bridge -> nova-novncproxy",
+                lambda: websocket_transport(url, None),
+            )
+        qemu_many = concurrent_sessions(host, port, args.sessions)
+        instant = InstantRfbServer()
+        try:
+            local: list[PathResult] = []
+            local.append(
+                measure(
+                    "direct",
+                    f"TCP 127.0.0.1:{instant.port}",
+                    SocketTransport(socket.create_connection(("127.0.0.1", instant.port))),
+                    args.rounds,
+                    args.frames,
+                )
+            )
+            separate = BridgeProcess("127.0.0.1", instant.port, 1)
+            try:
+                local.append(
+                    measure(
+                        "bridge",
+                        "our bridge (own process) -> TCP",
+                        websocket_transport(separate.urls[0], None),
+                        args.rounds,
+                        args.frames,
+                    )
+                )
+                vnc = socket.create_connection(("127.0.0.1", separate.vnc_port))
+                local.append(
+                    measure(
+                        "bridge VNC port",
+                        "our bridge's TCP port -> TCP",
+                        SocketTransport(vnc),
+                        args.rounds,
+                        args.frames,
+                    )
+                )
+            finally:
+                separate.close()
+            # Stock websockify (what nova-novncproxy is built on) to the same server: the
+            # websocket framing's own cost, for comparison with ours.
+            ws_port = _free_port()
+            stock = subprocess.Popen(
+                [sys.executable, "-m", "websockify", f"127.0.0.1:{ws_port}",
+                 f"127.0.0.1:{instant.port}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                _wait_port(ws_port)
+                local.append(
+                    measure(
+                        "websockify",
+                        "stock websockify 0.13 process -> TCP",
+                        websocket_transport(f"ws://127.0.0.1:{ws_port}/?token=none", None),
+                        args.rounds,
+                        args.frames,
+                    )
+                )
+            finally:
+                os.killpg(stock.pid, 15)
+                stock.wait(timeout=30)
+            many = concurrent_sessions("127.0.0.1", instant.port, args.sessions)
+        finally:
+            instant.close()
+    finally:
+        if booted is not None:
+            conn.compute.delete_server(booted)
+            conn.compute.wait_for_delete(booted, wait=600)
+
+    direct = results[0]
+    table_head = [
+        "| path | via | RTT p50 (ms) | RTT p95 (ms) | added p50 vs direct (ms) | MB/s | vs direct |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines = [
+        f"## {HEADING}",
+        "",
+        f"Command: `python -m bench bridge_vs_direct {' '.join(argv or sys.argv[1:])}`".rstrip()
+        + "  ",
+        machine_facts() + "  ",
+        f"{args.rounds} 16x16 FramebufferUpdateRequest -> FramebufferUpdate round trips and "
+        f"{args.frames} full frames (Raw) per path.",
+        "",
+        f"### To the lab guest's QEMU ({info.name}, VNC at {host}:{port})",
+        "",
+        *table_head,
+        *[r.row(None if r is direct else direct) for r in results],
+        "",
+        "QEMU answers a request on its display refresh timer, not at once, so these round "
+        "trips mostly measure QEMU; the paths differ by less than the timer's jitter.",
+        "",
+        f"{qemu_many['sessions']} of {args.sessions} concurrent sessions through a bridge "
+        f"process to this QEMU succeeded"
+        + (f" (the rest: {qemu_many['errors'][0]})" if qemu_many["errors"] else "")
+        + ".",
+        "",
+        "### To a local VNC server that answers at once (the path's own cost)",
+        "",
+        *table_head,
+        local[0].row(None),
+        local[1].row(local[0]),
+        local[2].row(local[0]),
+        local[3].row(local[0]),
+        "",
+        "The websocket rows include websocket-client's frame decoding in the measuring "
+        "process (pure Python); the VNC-port row is the relay alone.",
+        "",
+        f"{many['sessions']} concurrent sessions through a bridge process (handshake + one "
+        f"full frame each, {many['seconds']:.2f} s to open all): RSS {many['rss_idle_mib']:.1f} "
+        f"MiB idle, {many['rss_busy_mib']:.1f} MiB with all open; {many['cpu_s']:.2f} s CPU"
+        + (f"; errors: {'; '.join(many['errors'])}" if many["errors"] else "")
+        + ".",
+    ]
+    added = statistics.median(local[1].rtt_ms) - statistics.median(local[0].rtt_ms)
+    ratio = local[1].throughput_mb_s / local[0].throughput_mb_s
+    lines += [
+        "",
+        f"Goals (local server): added latency p50 {added:.3f} ms (goal <= 1 ms: "
+        f"{'met' if added <= 1 else 'not met'}); throughput {ratio:.0%} of direct "
+        f"(goal >= 90%: {'met' if ratio >= 0.9 else 'not met'}).",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(HEADING, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,424 @@
+"""Our console bridge on the lab: each route to a real guest, the CLI, the TUI hook, verify,
+and noVNC in headless Chromium.
+
+Boots one server (``bridge-test-*``, no network) from the lab's guest image when the lab
+has one (``novaconsole-lab-guest``), else its smallest image, and deletes it afterwards.
+The guest image's tty1 shell takes typed commands (clear the screen, print lines); on the
+blank image SeaBIOS halts at "No bootable device." and Ctrl-Alt-Del (QEMU extended key
+events: raw scancodes) makes it reboot. Either way a key event visibly changes the screen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pytest
+from labtools import novaconsole_cmd, run_novaconsole
+
+from novaconsole.vnc.bridge import LOG, ConsoleBridge
+from novaconsole.vnc.framebuffer import Framebuffer
+from novaconsole.vnc.png import read_png_rgb
+from novaconsole.vnc.probe import probe_vnc_server
+from novaconsole.vnc.routes import ServerInfo, make_route
+from novaconsole.vnc.session import RfbSession
+
+pytestmark = pytest.mark.lab
+
+GUEST_IMAGE = "novaconsole-lab-guest"
+
+
+@dataclass
+class LabServer:
+    conn: Any
+    server: Any
+    info: ServerInfo
+    image: str
+
+
+def _pick_image_and_flavor(conn: Any) -> tuple[Any, Any]:
+    images = [i for i in conn.image.images() if i.status == "active"]
+    assert images, "the lab has no active image"
+    guests = [i for i in images if i.name == GUEST_IMAGE]
+    image = guests[0] if guests else min(images, key=lambda i: i.size or 0)
+    fits = [
+        f
+        for f in conn.compute.flavors()
+        if f.ram >= (image.min_ram or 0) and (f.disk == 0 or f.disk >= (image.min_disk or 0))
+    ]
+    assert fits, f"no flavor fits image {image.name!r}"
+    return image, min(fits, key=lambda f: (f.ram, f.vcpus, f.disk))
+
+
+@pytest.fixture(scope="module")
+def lab_server(lab_cloud: str) -> Iterator[LabServer]:
+    import openstack
+
+    conn = openstack.connect(cloud=lab_cloud)
+    image, flavor = _pick_image_and_flavor(conn)
+    server = conn.compute.create_server(
+        name=f"bridge-test-{uuid.uuid4().hex[:8]}",
+        image_id=image.id,
+        flavor_id=flavor.id,
+        networks="none",
+    )
+    try:
+        try:
+            server = conn.compute.wait_for_server(
+                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
+            )
+        except openstack.exceptions.ResourceFailure:
+            fault = conn.compute.get_server(server).fault or {}
+            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
+        info = ServerInfo(server.id, server.name, server.status, None)
+        yield LabServer(conn, server, info, str(image.name))
+    finally:
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=1, wait=600)
+        conn.close()
+
+
+@pytest.fixture
+def captured() -> Iterator[list[str]]:
+    import logging
+
+    lines: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Handler()
+    LOG.addHandler(handler)
+    previous = LOG.level
+    LOG.setLevel(logging.DEBUG)
+    yield lines
+    LOG.removeHandler(handler)
+    LOG.setLevel(previous)
+
+
+def bright_rows(fb: Framebuffer, glyph: int = 16) -> list[int]:
+    """Which text rows hold any bright pixel."""
+    rows: set[int] = set()
+    stride = fb.width * 3
+    for y in range(fb.height):
+        if max(fb.pixels[y * stride : (y + 1) * stride], default=0) > 128:
+            rows.add(y // glyph)
+    return sorted(rows)
+
+
+def wait_screen(
+    session: RfbSession, predicate: Callable[[Framebuffer], bool], timeout: float = 120
+) -> Framebuffer:
+    """Readiness: the first screen (after an update) that satisfies ``predicate``."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while (left := deadline - time.monotonic()) > 0:
+        if session.wait_for_update(min(left, 2), after=max(seen, 0) if seen >= 0 else None):
+            seen = session.update_count
+        fb = session.snapshot()
+        if fb.width and predicate(fb):
+            return fb
+        if session.closed:
+            break
+    raise AssertionError(
+        f"screen never matched; rows {bright_rows(session.snapshot())}, error {session.error}"
+    )
+
+
+def _bridged(bridge: ConsoleBridge, lab_server: LabServer, via: str) -> RfbSession:
+    route = make_route(via, lab_server.conn, lab_server.info)
+    bridge.add_route(route)
+    ticket = bridge.issue_ticket(lab_server.info.id)
+    return RfbSession.open_url(bridge.websocket_url(lab_server.info.id, ticket), timeout=60)
+
+
+@pytest.mark.parametrize("via", ["nova", "direct"])
+def test_route_through_the_bridge_shows_the_guest_and_takes_keys(
+    lab_server: LabServer, via: str, captured: list[str]
+) -> None:
+    with ConsoleBridge() as bridge, _bridged(bridge, lab_server, via) as session:
+        hs = session.handshake
+        assert hs.version == (3, 8)
+        assert lab_server.server.instance_name in hs.name  # QEMU names it after the domain
+        shown = wait_screen(session, lambda fb: not fb.is_blank())
+        assert (shown.width, shown.height) == (hs.width, hs.height) or shown.width > 0
+        if lab_server.image == GUEST_IMAGE:
+            # The guest's shell on tty1: clear the screen, then make it print lines.
+            # Keys typed while the kernel still boots are lost when the shell opens tty1,
+            # so "clear" is typed again every few seconds until the screen clears.
+            deadline = time.monotonic() + 180
+            while True:
+                session.type_text("clear\n")
+                try:
+                    wait_screen(session, lambda fb: len(bright_rows(fb)) <= 2, timeout=5)
+                    break
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+            session.type_text("uname -a; echo bridge-$((6*7))\n")
+            wait_screen(session, lambda fb: len(bright_rows(fb)) >= 3)
+        else:
+            # SeaBIOS halted at "No bootable device." (text rows 0-3 and 5); Ctrl-Alt-Del
+            # reboots it: the "Boot failed" row goes, then comes back after the reboot.
+            wait_screen(session, lambda fb: {0, 1, 2, 3, 5} <= set(bright_rows(fb)))
+            session.press("ctrl+alt+delete")
+            wait_screen(session, lambda fb: 3 not in bright_rows(fb))
+            wait_screen(session, lambda fb: {0, 1, 2, 3, 5} <= set(bright_rows(fb)))
+        upstream = bridge.sessions[0].upstream
+    assert bridge.sessions[0].end_reason in ("client closed", "VNC server closed")
+    assert upstream.startswith("nova-novncproxy at" if via == "nova" else "VNC server at")
+    text = "\n".join(captured)
+    assert "token=" not in text.replace("token=***", "")
+
+
+def test_agent_route_says_it_needs_the_agent(lab_server: LabServer, lab_cloud: str) -> None:
+    proc = run_novaconsole(
+        "console", lab_server.info.id, "--via", "agent", "--os-cloud", lab_cloud, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "novaconsole: error: this path needs the compute agent "
+        "(see `novaconsole --plugin compute-agent`)"
+    )
+
+
+@pytest.mark.parametrize("via", ["nova", "direct"])
+def test_cli_screenshot(lab_server: LabServer, lab_cloud: str, tmp_path: Any, via: str) -> None:
+    out = tmp_path / f"screen-{via}.png"
+    proc = run_novaconsole(
+        "console", lab_server.info.name, "--via", via, "--screenshot", str(out), "-f", "json",
+        "--os-cloud", lab_cloud, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["server"]["id"] == lab_server.info.id
+    assert data["via"] == via
+    assert data["blank"] is False
+    width, height, rgb = read_png_rgb(out.read_bytes())
+    assert (width, height) == (data["width"], data["height"])
+    assert len(set(rgb)) > 1
+    assert "token" not in proc.stdout + proc.stderr
+
+
+def _read_json(stream: IO[str]) -> dict[str, Any]:
+    text = ""
+    while True:
+        line = stream.readline()
+        assert line, f"no JSON from the console command (got {text!r})"
+        text += line
+        try:
+            return dict(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+
+
+def _console_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        novaconsole_cmd("console", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"console command did not end after its session: {err}") from None
+    return proc.returncode, err
+
+
+def test_cli_vnc_port_serves_one_client(lab_server: LabServer, lab_cloud: str) -> None:
+    proc = _console_process(lab_server.info.id, "--vnc", "-f", "json", "--os-cloud", lab_cloud)
+    try:
+        data = _read_json(proc.stdout)  # type: ignore[arg-type]
+        host, _, port = data["vnc"].rpartition(":")
+        assert host == "127.0.0.1"
+        hs = probe_vnc_server(host, int(port), timeout=60)
+        assert lab_server.server.instance_name in hs.name
+    finally:
+        code, err = _finish(proc)
+    assert code == 0, err
+    assert "session ended (client closed)" in err
+    assert "token" not in err
+
+
+def test_cli_browser_with_chromium(lab_server: LabServer, lab_cloud: str) -> None:
+    """noVNC in headless Chromium through `console --browser`, compared with our client."""
+    from novnc_browser import canvas_rgb, chromium_available, headless_chromium, wait_connected
+
+    if not chromium_available():
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    proc = _console_process(lab_server.info.id, "--browser", "-f", "json", "--os-cloud", lab_cloud)
+    try:
+        data = _read_json(proc.stdout)  # type: ignore[arg-type]
+        url = data["url"]
+        assert url.startswith("http://127.0.0.1:")
+        assert data["upstream"].startswith("nova-novncproxy at")
+        ticket = url.rpartition("%3Dtoken%3D")[2] or url.rpartition("token%3D")[2]
+        with (
+            ConsoleBridge() as ours,
+            _bridged(ours, lab_server, "direct") as reference,
+            headless_chromium() as driver,
+        ):
+            driver.get(url)
+            status = wait_connected(driver)
+            assert status.startswith("Connected"), status
+            assert lab_server.server.instance_name in status
+            # Readiness: the canvas shows the same top rows as our own client decodes.
+            wait_screen(reference, lambda fb: not fb.is_blank())
+            deadline = time.monotonic() + 60
+            match = False
+            while not match and time.monotonic() < deadline:
+                shot = canvas_rgb(driver)
+                ref = reference.snapshot()
+                if shot is not None and shot[0] == ref.width:
+                    band = ref.width * 3 * 48
+                    match = shot[2][:band] == bytes(ref.pixels[:band])
+                time.sleep(0.2)
+            assert match, "the canvas never showed the screen our RFB client decoded"
+    finally:
+        code, err = _finish(proc)
+    assert code == 0, err
+    assert ticket not in err
+    assert "token=" not in err
+
+
+def test_open_console_hook_gives_a_working_one_time_url(
+    lab_server: LabServer, lab_cloud: str
+) -> None:
+    from novaconsole_consoles import novaconsole_open_console
+
+    url = novaconsole_open_console(server_id=lab_server.info.id, cloud=lab_cloud)
+    assert url is not None
+    assert "/vnc_lite.html?" in url
+    with RfbSession.open_url(url, timeout=60) as session:
+        assert lab_server.server.instance_name in session.handshake.name
+    from novaconsole.vnc.probe import ProbeError, probe_console
+
+    with pytest.raises(ProbeError, match="HTTP 403 ticket already used"):
+        probe_console(url, timeout=30)
+
+
+def test_verify_console(lab_server: LabServer, lab_cloud: str) -> None:
+    proc = run_novaconsole(
+        "verify", "--console", lab_server.info.id, "-f", "json", "--os-cloud", lab_cloud,
+        timeout=300,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    console = next(c for c in report["checks"] if c["name"] == "console")
+    assert console["ok"], console["summary"]
+    assert console["facts"]["blank"] is False
+    assert "token" not in proc.stdout.replace('"token', "")
+
+
+def test_unknown_nova_token_is_one_line_without_the_token(lab_server: LabServer) -> None:
+    """What the direct route says when Nova no longer knows a token (expired or forged)."""
+    from openstack import exceptions
+
+    from novaconsole.vnc.routes import nova_failure
+
+    token = uuid.uuid4().hex + uuid.uuid4().hex[:4]
+    with pytest.raises(exceptions.SDKException) as info:
+        lab_server.conn.compute.validate_console_auth_token(token)
+    assert token in str(info.value)  # the SDK's own message names it ...
+    line = nova_failure(info.value, "GET /os-console-auth-tokens", secret=token).one_line()
+    assert token not in line  # ... ours does not
+    assert line.startswith("GET /os-console-auth-tokens: ")
+    assert "\n" not in line
+
+
+def test_taken_port_is_one_line(lab_server: LabServer, lab_cloud: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = run_novaconsole(
+            "console", lab_server.info.id, "--listen", f"127.0.0.1:{port}",
+            "--os-cloud", lab_cloud, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"novaconsole: error: cannot listen on 127.0.0.1:{port} for the console bridge: "
+        "address already in use (another process listens there)"
+    )
+
+
+def test_unknown_server_is_one_line(lab_cloud: str) -> None:
+    proc = run_novaconsole("console", "bridge-test-no-such-server", "--os-cloud", lab_cloud)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "novaconsole: error: no server named or with ID 'bridge-test-no-such-server' "
+        f"in cloud {lab_cloud!r}"
+    )
+
+
+def test_cli_serial_runs_a_command_and_detaches(lab_server: LabServer, lab_cloud: str) -> None:
+    """`console --serial` on a pipe: a command reaches the guest's ttyS0 shell, Ctrl-] detaches."""
+    import select
+
+    if lab_server.image != GUEST_IMAGE:
+        pytest.skip(f"the blank image has no serial shell (needs {GUEST_IMAGE})")
+    proc = subprocess.Popen(
+        novaconsole_cmd("console", lab_server.info.id, "--serial", "--os-cloud", lab_cloud),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        deadline = time.monotonic() + 180
+        next_try = 0.0
+        # Readiness: the shell may still be starting; the command is sent until answered.
+        # The answer is a line of its own ("...: not found" would mean the line was cut).
+        while b"\nbridge-serial-42\r" not in seen and time.monotonic() < deadline:
+            if time.monotonic() >= next_try:
+                proc.stdin.write(b"echo bridge-serial-$((6*7)); uname -s\n")
+                proc.stdin.flush()
+                next_try = time.monotonic() + 5
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                seen += chunk
+        proc.stdin.write(b"\x1d")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    seen += out
+    assert b"\nbridge-serial-42\r" in seen
+    assert b"\nLinux\r" in seen
+    assert proc.returncode == 0, err.decode()
+    assert b"token=" not in seen + err
+
+
+def test_stopped_server_is_one_line(lab_server: LabServer, lab_cloud: str) -> None:
+    """Last: it stops the module's server."""
+    conn = lab_server.conn
+    conn.compute.stop_server(lab_server.server)
+    conn.compute.wait_for_server(lab_server.server, status="SHUTOFF", interval=1, wait=300)
+    proc = run_novaconsole("console", lab_server.info.id, "--os-cloud", lab_cloud, timeout=120)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert line.startswith(
+        f"novaconsole: error: server {lab_server.info.name} ({lab_server.info.id}) in cloud "
+        f"{lab_cloud!r} is SHUTOFF: Nova serves a console only while it runs"
+    )
+    assert "\n" not in line
