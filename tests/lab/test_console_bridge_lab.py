@@ -77,7 +77,7 @@ def lab_server(lab_cloud: str) -> Iterator[LabServer]:
         except openstack.exceptions.ResourceFailure:
             fault = conn.compute.get_server(server).fault or {}
             pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
-        info = ServerInfo(server.id, server.name, server.status, None)
+        info = ServerInfo(server.id, server.name, server.status, server.compute_host)
         yield LabServer(conn, server, info, str(image.name))
     finally:
         conn.compute.delete_server(server, ignore_missing=True)
@@ -140,7 +140,7 @@ def _bridged(bridge: ConsoleBridge, lab_server: LabServer, via: str) -> RfbSessi
     return RfbSession.open_url(bridge.websocket_url(lab_server.info.id, ticket), timeout=60)
 
 
-@pytest.mark.parametrize("via", ["nova", "direct"])
+@pytest.mark.parametrize("via", ["nova", "direct", "agent"])
 def test_route_through_the_bridge_shows_the_guest_and_takes_keys(
     lab_server: LabServer, via: str, captured: list[str]
 ) -> None:
@@ -179,18 +179,22 @@ def test_route_through_the_bridge_shows_the_guest_and_takes_keys(
     assert "token=" not in text.replace("token=***", "")
 
 
-def test_agent_route_says_it_needs_the_agent(lab_server: LabServer, lab_cloud: str) -> None:
+def test_agent_route_without_agents_config_is_one_line(
+    lab_server: LabServer, lab_cloud: str, tmp_path: Any
+) -> None:
+    missing = tmp_path / "no-agents.toml"
     proc = run_novaconsole(
-        "console", lab_server.info.id, "--via", "agent", "--os-cloud", lab_cloud, timeout=120
-    )
+        "console", lab_server.info.id, "--via", "agent", "--os-cloud", lab_cloud,
+        env={"NOVACONSOLE_AGENTS_CONFIG": str(missing)}, timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "novaconsole: error: this path needs the compute agent "
-        "(see `novaconsole --plugin compute-agent`)"
+        f"(see `novaconsole --plugin compute-agent`): no agents config at {missing}"
     )
 
 
-@pytest.mark.parametrize("via", ["nova", "direct"])
+@pytest.mark.parametrize("via", ["nova", "direct", "agent"])
 def test_cli_screenshot(lab_server: LabServer, lab_cloud: str, tmp_path: Any, via: str) -> None:
     out = tmp_path / f"screen-{via}.png"
     proc = run_novaconsole(
