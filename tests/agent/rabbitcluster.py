@@ -220,6 +220,14 @@ class RabbitCluster:
                 raise ClusterError(f"user {self.user} never got its permissions")
             time.sleep(0.2)
 
+    def start_node(self, node: Node, timeout: float = 120.0) -> None:
+        """Start a stopped node again: it rejoins the cluster from its own data."""
+        self._launch(node)
+        self._await(node, time.monotonic() + timeout)
+        status = json.loads(self.ctl(node, "cluster_status", "--formatter", "json"))
+        if sorted(status.get("running_nodes", [])) != sorted(n.name for n in self.nodes):
+            raise ClusterError(f"{node.name} did not rejoin: {status.get('running_nodes')}")
+
     def stop_node(self, node: Node, timeout: float = 60.0) -> None:
         """Stop one node the way an operator would (``rabbitmqctl stop``) and wait for it."""
         self.ctl(node, "stop", timeout=timeout)

@@ -3,7 +3,8 @@
 The cluster is the test's own (:mod:`rabbitcluster`: three ``rabbitmq-server`` nodes on
 127.0.0.1 with their own ports, data and cookie); the machine's broker is not involved.
 The agent lists the nodes A, B, C and the console C, A, B, so the agent is on A and the
-console on C; then A stops.
+console on C; then A stops. Two tests share one cluster (its start is the slow part): the
+second starts A again first, which also shows a stopped node rejoining.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 from agenttools import AgentKeys, make_keys, wait_for
 from rabbitcluster import Node, RabbitCluster
@@ -27,6 +29,8 @@ from novaconsole.agentbus import (
 )
 from novaconsole.agentbus.bus import AgentBus, ConsoleBus, command_queue, last_value_queue
 from novaconsole.agentbus.settings import BusSettings
+from novaconsole_agent.config import AgentConfig
+from novaconsole_agent.daemon import Agent
 
 pytestmark = pytest.mark.cluster
 
@@ -75,6 +79,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
         rabbit.close()
 
 
+@pytest.fixture
+def whole_cluster(cluster: RabbitCluster) -> RabbitCluster:
+    """The module's cluster with every node running (a test before may have stopped one)."""
+    for node in cluster.nodes:
+        if not node.running:
+            cluster.start_node(node)
+    return cluster
+
+
 def bus_settings(
     cluster: RabbitCluster, tmp: Path, name: str, nodes: list[Node], key: Path, trusted: Path
 ) -> BusSettings:
@@ -104,8 +117,9 @@ def event(i: int) -> DomainEvent:
 
 
 def test_stop_the_agents_node_it_carries_on_through_another(
-    cluster: RabbitCluster, tmp_path: Path
+    whole_cluster: RabbitCluster, tmp_path: Path
 ) -> None:
+    cluster = whole_cluster
     a, b, c = cluster.nodes
     keys: AgentKeys = make_keys(tmp_path / "keys", host=HOST)
     agent_settings = bus_settings(
@@ -200,3 +214,101 @@ def test_stop_the_agents_node_it_carries_on_through_another(
         agent.stop()
         first.stop()
         second.stop()
+
+
+def test_the_daemon_carries_on_when_its_node_stops(
+    whole_cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """The real agent daemon on libvirt's ``test:///default`` (in this process, as in
+    test_daemon.py): its node stops, it resyncs through another, libvirt events still
+    arrive, and a command runs once."""
+    cluster = whole_cluster
+    a, b, c = cluster.nodes
+    keys = make_keys(tmp_path / "keys", host=HOST)
+    console_settings = bus_settings(
+        cluster, tmp_path, "console", [c, a, b], keys.console_key, keys.console_trusted
+    )
+    password = tmp_path / "agent.password"
+    password.write_text(cluster.password)
+    password.chmod(0o600)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'host = "{HOST}"\n'
+        'libvirt_uri = "test:///default"\n'
+        "heartbeat_interval = 0.5\n"
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "[bus]\n"
+        f"urls = [{', '.join(repr(n.url).replace(chr(39), chr(34)) for n in (a, b, c))}]\n"
+        f'vhost = "{cluster.vhost}"\n'
+        f'user = "{cluster.user}"\n'
+        f'password_file = "{password}"\n'
+        "heartbeat = 5\n"
+        "[keys]\n"
+        f'signing_key = "{keys.agent_key}"\n'
+        f'trusted = "{keys.agent_trusted}"\n'
+        "[commands]\n"
+    )
+    got = Recorder()
+    console = ConsoleBus(console_settings)
+    agent = Agent(AgentConfig.load(config))
+    thread = threading.Thread(target=lambda: agent.run(install_signals=False), daemon=True)
+    libvirt_rw = libvirt.open("test:///default")
+    dom = libvirt_rw.lookupByName("test")
+    try:
+        console.start(got)
+        thread.start()
+        assert agent.bus.connected.wait(20), agent.bus._link.last_error
+
+        def inventories(cause: str) -> list[Message]:
+            return [m for m in got.of("inventory") if m.body.get("cause") == cause]
+
+        wait_for("the start inventory", lambda: inventories("start"))
+        where = wait_for(
+            "the agent's connection listed",
+            lambda: cluster.connection_nodes(c).get(AGENT_CONNECTION),
+        )
+        assert where == a.name
+        assert console.request(HOST, "stats", timeout=10).ok
+        executed = agent.bus.executed
+
+        cluster.stop_node(a)
+        # A libvirt event while the agent finds another node.
+        dom.suspend()
+        wait_for(
+            "a resync inventory through another node",
+            lambda: inventories("resync"),
+            timeout=60,
+        )
+        assert agent.bus.connects >= 2
+        now_on = wait_for(
+            "the agent's new connection listed",
+            lambda: cluster.connection_nodes(c).get(AGENT_CONNECTION),
+        )
+        assert now_on in (b.name, c.name)
+        dom.resume()
+
+        def lifecycle(detail: str) -> list[Message]:
+            return [
+                m
+                for m in got.of("event")
+                if m.body.get("name") == "test" and m.body.get("detail") == detail
+            ]
+
+        wait_for("the suspended event", lambda: lifecycle("suspended"))
+        wait_for("the resumed event", lambda: lifecycle("resumed"))
+        beats_after = len(got.of("heartbeat"))
+        wait_for("heartbeats go on", lambda: len(got.of("heartbeat")) > beats_after + 1)
+        assert console.request(HOST, "stats", timeout=10).ok
+        assert agent.bus.executed == executed + 1
+        assert (console.gaps, console.rejected) == (0, 0)
+        seqs = sorted(m.seq for m in got.messages if m.kind != "heartbeat" and m.seq is not None)
+        # Inventories and events are numbered 1, 2, 3...: none missing across the failover.
+        assert set(seqs) == set(range(1, max(seqs) + 1))
+    finally:
+        if dom.info()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        libvirt_rw.close()
+        agent.stop()
+        thread.join(30)
+        console.stop()
+    assert not thread.is_alive(), "the agent did not stop"
