@@ -234,6 +234,12 @@ class RabbitCluster:
         if node.process is not None:
             node.process.wait(timeout)
 
+    def kill_node(self, node: Node, timeout: float = 30.0) -> None:
+        """Crash one node: SIGKILL to its process group (no goodbye to clients or peers)."""
+        assert node.process is not None
+        os.killpg(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout)
+
     def connection_nodes(self, ask: Node) -> dict[str, str]:
         """Client connection name -> the node it is on, for the test's vhost (asked
         through ``ask``). ``list_connections`` has no node column; a connection's
