@@ -132,6 +132,10 @@ class RabbitCluster:
 
     def start(self, timeout: float = 120.0) -> None:
         begun = time.monotonic()
+        if not (RABBIT_BIN / "rabbitmq-server").exists():
+            raise ClusterError(
+                f"{RABBIT_BIN / 'rabbitmq-server'}: not found (Debian package rabbitmq-server)"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         cookie = self.root / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(20))
