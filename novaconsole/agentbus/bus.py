@@ -14,12 +14,16 @@ Topology, on a vhost of its own (default ``/novaconsole``):
 * exchange ``novaconsole.agents`` (topic): agents publish ``KIND.HOST`` (heartbeat,
   inventory, event). Each console has a durable quorum queue ``novaconsole.console.NAME``
   for events and inventories (loss matters) and an exclusive queue of its own for
-  heartbeats (they do not). Each agent keeps two last-value queues
+  heartbeats (they do not). Each agent keeps two last-value quorum queues
   ``novaconsole.last.HOST.heartbeat`` / ``.inventory`` (``x-max-length=1``, drop-head), so
   :meth:`ConsoleBus.latest` reads every agent's latest state at once, without waiting a
   heartbeat interval.
-* exchange ``novaconsole.commands`` (direct): commands to ``HOST``, into the agent's queue
-  ``novaconsole.agent.HOST.commands`` (a short message TTL).
+* exchange ``novaconsole.commands`` (direct): commands to ``HOST``, into the agent's quorum
+  queue ``novaconsole.agent.HOST.commands`` (a short message TTL).
+
+The durable queues are quorum queues so that in a RabbitMQ cluster they outlive the loss of
+any one node (a classic queue is unavailable while its home node is down); the exclusive
+ones (heartbeats, replies) belong to one connection and are declared again with it.
 * exchange ``novaconsole.replies`` (direct): replies to the console's exclusive reply queue.
 
 Every message is a signed envelope (:mod:`novaconsole.agentbus.envelope`): agents sign with
@@ -123,6 +127,44 @@ def agent_permissions(host: str) -> BrokerPermissions:
 CONSOLE_PERMISSIONS = BrokerPermissions(".*", ".*", ".*")
 
 _LAST_VALUE_ARGS = {"x-max-length": 1, "x-overflow": "drop-head"}
+
+
+def _declare_agent_queue(conn: BlockingConnection, name: str, arguments: dict[str, Any]) -> None:
+    """Declare one of an agent's own durable queues as a quorum queue.
+
+    Quorum, not classic: a classic durable queue lives on one node, and while that node is
+    down every redeclare of it elsewhere in the cluster answers ``NOT_FOUND - home node
+    ... is down``, so an agent that lost its node could not set up again on another. A
+    quorum queue is replicated (Raft) and stays available while a majority of its members
+    is up; on a single-node broker it is simply a queue of that node. RabbitMQ 3.10's
+    quorum queues have what these need: ``x-max-length`` with ``x-overflow=drop-head``
+    (the last-value queues) and message TTL, per queue and per message (commands).
+
+    A queue of the same name declared otherwise (a classic one from an agent of before,
+    or a changed ``command_ttl``) answers 406 PRECONDITION_FAILED: the agent owns these
+    queues, so it replaces it (what is lost is a stale heartbeat or inventory, or
+    commands that expire within seconds anyway). A channel of its own: the 406 closes it.
+    """
+    args = {"x-queue-type": "quorum", **arguments}
+    channel = conn.channel()
+    try:
+        try:
+            channel.queue_declare(name, durable=True, arguments=args)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            log.warning(
+                "bus: queue %s exists with other arguments (%s); replacing it with a quorum queue",
+                name,
+                " ".join(str(exc.reply_text).split())[:200],
+            )
+            channel = conn.channel()
+            channel.queue_delete(name)
+            channel.queue_declare(name, durable=True, arguments=args)
+    finally:
+        if channel.is_open:
+            with contextlib.suppress(Exception):
+                channel.close()
 
 
 def _declare_exchanges(channel: BlockingChannel) -> None:
@@ -264,13 +306,11 @@ class AgentBus:
         _declare_exchanges(channel)
         for kind in ("heartbeat", "inventory"):
             name = last_value_queue(self.host, kind)
-            channel.queue_declare(name, durable=True, arguments=_LAST_VALUE_ARGS)
+            _declare_agent_queue(conn, name, _LAST_VALUE_ARGS)
             channel.queue_bind(name, EXCHANGE_AGENTS, routing_key=f"{kind}.{self.host}")
         commands = command_queue(self.host)
-        channel.queue_declare(
-            commands,
-            durable=True,
-            arguments={"x-message-ttl": int(self.settings.command_ttl * 1000)},
+        _declare_agent_queue(
+            conn, commands, {"x-message-ttl": int(self.settings.command_ttl * 1000)}
         )
         channel.queue_bind(commands, EXCHANGE_COMMANDS, routing_key=self.host)
         channel.basic_qos(prefetch_count=8)

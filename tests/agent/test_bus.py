@@ -341,3 +341,53 @@ def test_a_command_redelivered_after_a_drop_is_not_run_again(
     # says so as a timeout, and the command still ran once.
     assert len(errors) == 1
     assert "no reply" in str(errors[0])
+
+
+def test_an_older_classic_agent_queue_is_replaced_by_a_quorum_queue(
+    settings: tuple[BusSettings, BusSettings],
+    console: tuple[ConsoleBus, Recorder],
+    bus_vhost: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An agent of before declared its queues classic; this one replaces them (406 on
+    redeclare) with quorum queues and works."""
+    host = "testhost"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", virtual_host=bus_vhost))
+    try:
+        ch = conn.channel()
+        for kind in ("commands", "heartbeat", "inventory"):
+            # Left by earlier tests of the session: start from an agent of before.
+            ch.queue_delete(
+                f"novaconsole.agent.{host}.commands"
+                if kind == "commands"
+                else f"novaconsole.last.{host}.{kind}"
+            )
+        ch.queue_declare(
+            f"novaconsole.agent.{host}.commands", durable=True, arguments={"x-message-ttl": 30000}
+        )
+        ch.queue_declare(
+            f"novaconsole.last.{host}.heartbeat",
+            durable=True,
+            arguments={"x-max-length": 1, "x-overflow": "drop-head"},
+        )
+    finally:
+        conn.close()
+    bus = AgentBus(settings[0], host, EchoHandler())
+    with caplog.at_level(logging.WARNING, logger="novaconsole.agentbus"):
+        bus.start()
+        try:
+            assert bus.connected.wait(10), bus._link.last_error
+            types = dict(
+                line.split("\t")[:2]
+                for line in rabbitmqctl("list_queues", "-p", bus_vhost, "name", "type").splitlines()
+                if "\t" in line
+            )
+            assert types[f"novaconsole.agent.{host}.commands"] == "quorum"
+            assert types[f"novaconsole.last.{host}.heartbeat"] == "quorum"
+            assert types[f"novaconsole.last.{host}.inventory"] == "quorum"
+            reply = console[0].request(host, "echo", {"x": 1})
+        finally:
+            bus.stop()
+    assert reply.ok
+    replaced = [r.getMessage() for r in caplog.records if "replacing it" in r.getMessage()]
+    assert len(replaced) == 2
