@@ -375,7 +375,12 @@ def agent_python(site: Site) -> Path:
 def agent_spec(site: Site) -> ServiceSpec:
     config = site.agent_dir / "agent.toml"
     digest = hashlib.sha256()
-    for path in (config, site.agent_dir / f"{site.compute_host}.key"):
+    python = agent_python(site)
+    # What the agent runs: its config, its key and, where the interpreter's environment
+    # records what it installed (the lab's venvs do), that record, so new agent code
+    # restarts the service instead of leaving the old process running.
+    installed = python.parent.parent / ".novaconsole-packages.json"
+    for path in (config, site.agent_dir / f"{site.compute_host}.key", installed):
         try:
             digest.update(path.read_bytes())
         except FileNotFoundError:
@@ -383,7 +388,7 @@ def agent_spec(site: Site) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE,
         argv=(
-            str(agent_python(site)),
+            str(python),
             "-m",
             "novaconsole",
             "--plugin",

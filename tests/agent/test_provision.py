@@ -107,3 +107,15 @@ def test_the_console_finds_the_labs_bus_when_it_has_no_agents_file(tmp_path: Pat
     own.write_text("[bus]\n")
     assert console_config_path(env) == own  # an operator's own file always wins
     assert console_config_path({**env, "NOVACONSOLE_AGENTS_CONFIG": "/x.toml"}) == Path("/x.toml")
+
+
+def test_new_agent_code_in_its_venv_restarts_the_service(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    site = _site(tmp_path, agent_python=venv / "bin" / "python")
+    marker = venv / ".novaconsole-packages.json"
+    marker.write_text('["novaconsole#aaaa"]')
+    before = agent_spec(site)
+    assert agent_spec(site) == before  # nothing changed: the keeper leaves it running
+    marker.write_text('["novaconsole#bbbb"]')  # the venv was reinstalled with new code
+    assert agent_spec(site).env != before.env
