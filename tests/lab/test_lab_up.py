@@ -54,7 +54,7 @@ def test_every_service_runs_healthy_on_its_port(lab_state: LabConfig) -> None:
     assert compute["driver_reason"]
     guest = data["guest"]
     assert isinstance(guest, dict)
-    assert "image novaconsole-lab-guest: Linux " in guest["guest"]
+    assert guest["guest"].startswith("image novaconsole-lab-guest (flavor nc.small): Linux ")
 
 
 def test_rerun_reports_zero_changes(lab_state: LabConfig) -> None:
