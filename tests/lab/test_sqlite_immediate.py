@@ -92,14 +92,18 @@ def test_deferred_begin_loses_writes_and_begin_immediate_does_not(
     assert counter(immediate) == PROCESSES * ROUNDS
 
 
-def test_the_plugin_is_installed_in_every_lab_venv(lab_venvs: dict[str, Venv]) -> None:
+def test_the_plugin_is_installed_in_every_openstack_venv(lab_venvs: dict[str, Venv]) -> None:
     probe = (
         "from sqlalchemy import create_engine, text\n"
         "e = create_engine('sqlite://" + SQLITE_IMMEDIATE_QUERY + "')\n"
         "with e.begin() as c:\n"
         "    print(c.exec_driver_sql('PRAGMA busy_timeout').scalar())\n"
     )
-    for venv in lab_venvs.values():
+    from novaconsole.lab.venvs import SQLITE_PLUGIN
+
+    databased = [v for v in lab_venvs.values() if SQLITE_PLUGIN in v.packages]
+    assert {v.name for v in databased} == {"openstack", "neutron"}  # not the agent's venv
+    for venv in databased:
         proc = subprocess.run(
             [str(venv.python), "-c", probe], capture_output=True, text=True, check=False
         )
