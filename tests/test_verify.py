@@ -38,6 +38,7 @@ def no_lab_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A lab on this machine would lend verify its agents.toml (and an agents check)."""
     monkeypatch.setenv("NOVACONSOLE_LAB_DIR", str(tmp_path / "no-lab"))
 
+
 # -- observed rows, shaped as the API returns them on an all-in-one --------------------
 
 
