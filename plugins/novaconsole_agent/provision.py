@@ -181,7 +181,11 @@ class AgentBusBrokerStep(Step[list[str]]):
         where = f"RabbitMQ on {self.site.rabbit_host}"
         if _ctl("add_vhost", self.vhost).returncode not in (0, 70):  # 70: already exists
             raise StepFailed(f"rabbitmqctl add_vhost {self.vhost} failed on {where}")
-        existing = {line.split("\t")[0] for line in _ctl("list_users", "name").stdout.splitlines()}
+        # ``list_users`` takes no column names in 3.10 (it prints "user<TAB>tags").
+        listing = _ctl("list_users")
+        if listing.returncode != 0:
+            raise StepFailed(f"rabbitmqctl list_users failed on {where}")
+        existing = {line.split("\t")[0] for line in listing.stdout.splitlines()}
         for user in broker_users(self.site):
             password = _password(user.password_file)
             verb = "change_password" if user.name in existing else "add_user"

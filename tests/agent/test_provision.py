@@ -19,7 +19,7 @@ def _site(tmp_path: Path, **kw: object) -> Site:
     site = Site(
         compute_agent=True,
         compute_host="compute1",
-        rabbit_host="192.0.2.5",
+        rabbit_host="127.0.0.2",
         bus_dir=tmp_path / "bus",
         agent_dir=tmp_path / "agent",
         services_dir=tmp_path / "services",
@@ -54,7 +54,7 @@ def test_rendered_configs_load_in_the_real_loaders(tmp_path: Path) -> None:
     assert config.host == "compute1"
     assert config.bus is not None
     assert config.bus.user == "novaconsole-agent-compute1"
-    assert str(config.bus.brokers[0]) == "amqp://192.0.2.5:5672"
+    assert str(config.bus.brokers[0]) == "amqp://127.0.0.2:5672"
     assert config.bus.password == "s3cret"
     assert "s3cret" not in agent_file.read_text()  # the file names the password's file only
 
@@ -119,3 +119,37 @@ def test_new_agent_code_in_its_venv_restarts_the_service(tmp_path: Path) -> None
     assert agent_spec(site) == before  # nothing changed: the keeper leaves it running
     marker.write_text('["novaconsole#bbbb"]')  # the venv was reinstalled with new code
     assert agent_spec(site).env != before.env
+
+
+def test_broker_step_on_the_real_broker_creates_then_takes_over_existing_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second site (another lab's state dir) finds the users there and resets them."""
+    import os
+    import subprocess
+
+    from novaconsole.steps import RunContext
+    from novaconsole_agent import provision
+
+    tag = f"nc-test-prov-{os.getpid()}"
+    vhost = f"/{tag}"
+    monkeypatch.setattr(provision, "CONSOLE_USER", f"{tag}-console")
+    users = [f"{tag}-console", f"novaconsole-agent-{tag}"]
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=False)
+
+    try:
+        for n in (1, 2):
+            site = _site(tmp_path / f"site{n}", compute_host=tag, rabbit_host="127.0.0.1")
+            step = provision.AgentBusBrokerStep(site)
+            step.vhost = vhost
+            ctx = RunContext()
+            changes = step.plan(ctx, step.check(ctx))
+            assert changes, f"site {n}: nothing planned"
+            step.apply(ctx, changes)
+            assert step.check(ctx) == [], f"site {n}: not converged"
+    finally:
+        for user in users:
+            ctl("delete_user", user)
+        ctl("delete_vhost", vhost)
