@@ -720,6 +720,12 @@ def wsgi_service(
         str(threads),
         "--timeout",
         str(timeout),
+        # gunicorn closes an idle keep-alive connection after 2 s by default: a client
+        # polling every 2 s (openstacksdk's waits, the tests) then races the close and
+        # gets "Remote end closed connection without response". Keep idle connections
+        # well past any client's polling interval.
+        "--keep-alive",
+        "30",
         "--chdir",
         str(shim_dir),
         "--name",

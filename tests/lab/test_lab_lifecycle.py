@@ -143,7 +143,13 @@ def test_mariadb_lab_under_systemd_up_verify_rerun_crash_down(
                 assert machine.run("systemctl", "is-active", unit).stdout.strip() == "active"
                 assert machine.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
 
-            verify = run("verify", "--os-cloud", "novaconsole-lab", "-f", "json")
+            # NOVACONSOLE_LAB_DIR names this lab, so the console's agents file is this
+            # lab's (bus/agents.toml under its state dir), not the default lab's.
+            verify = machine.run(
+                "env", f"NOVACONSOLE_LAB_DIR={state}", *novaconsole,
+                "verify", "--os-cloud", "novaconsole-lab", "-f", "json",
+                timeout=900,
+            )  # fmt: skip
             assert verify.returncode == 0, verify.stdout + verify.stderr
             rerun = run("lab", "up", "-f", "json", "--state-dir", str(state))
             assert rerun.returncode == 0, rerun.stderr[-2000:]
