@@ -103,7 +103,7 @@ class BusSettings:
         if password_file is not None:
             if not isinstance(password_file, str):
                 raise ConfigError(f"{path}: bus.password_file: expected a path")
-            pw_path = _path(password_file, path)
+            pw_path = resolve_path(password_file, path)
             try:
                 password = pw_path.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -125,12 +125,18 @@ class BusSettings:
             vhost=vhost,
             user=user,
             password=password,
-            signing_key=_opt_path(keys, "signing_key", path),
-            trusted_keys=_opt_path(keys, "trusted", path),
-            heartbeat=int(_num(bus, "heartbeat", path, 30, lo=0, hi=600)),
-            window=_num(bus, "clock_window", path, 300.0, lo=1, hi=86400),
-            command_ttl=_num(bus, "command_ttl", path, 30.0, lo=1, hi=3600),
-            replay_buffer=int(_num(bus, "replay_buffer", path, 10_000, lo=1, hi=1_000_000)),
+            signing_key=optional_path(keys, "signing_key", path, section="keys"),
+            trusted_keys=optional_path(keys, "trusted", path, section="keys"),
+            heartbeat=int(bounded_number(bus, "heartbeat", path, 30, lo=0, hi=600, section="bus")),
+            window=bounded_number(bus, "clock_window", path, 300.0, lo=1, hi=86400, section="bus"),
+            command_ttl=bounded_number(
+                bus, "command_ttl", path, 30.0, lo=1, hi=3600, section="bus"
+            ),
+            replay_buffer=int(
+                bounded_number(
+                    bus, "replay_buffer", path, 10_000, lo=1, hi=1_000_000, section="bus"
+                )
+            ),
             console_name=_str(bus, "console_name", path, "bus", "console"),
             source=str(path),
         )
@@ -150,27 +156,42 @@ def _str(table: dict[str, Any], key: str, path: Path, section: str, default: str
     return value
 
 
-def _num(
-    table: dict[str, Any], key: str, path: Path, default: float, *, lo: float, hi: float
+def bounded_number(
+    table: dict[str, Any],
+    key: str,
+    path: Path,
+    default: float,
+    *,
+    lo: float,
+    hi: float,
+    section: str = "",
+    unit: str = "",
 ) -> float:
+    """``table[key]`` (or ``default``) as a number in ``lo..hi``; else one ConfigError
+    naming the file and ``section.key`` (shared by the bus's and the agent's files)."""
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ConfigError(f"{path}: bus.{key}: expected a number from {lo:g} to {hi:g}")
+        where = f"{section}.{key}" if section else key
+        suffix = f" ({unit})" if unit else ""
+        raise ConfigError(f"{path}: {where}: expected a number from {lo:g} to {hi:g}{suffix}")
     return float(value)
 
 
-def _path(value: str, path: Path) -> Path:
+def resolve_path(value: str, path: Path) -> Path:
+    """``value`` as a path; relative paths are relative to the file ``path``."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else path.parent / p
 
 
-def _opt_path(table: dict[str, Any], key: str, path: Path) -> Path | None:
+def optional_path(table: dict[str, Any], key: str, path: Path, *, section: str = "") -> Path | None:
+    """``table[key]`` as a path relative to ``path``, or None when absent."""
     value = table.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}: keys.{key}: expected a path")
-    return _path(value, path)
+        where = f"{section}.{key}" if section else key
+        raise ConfigError(f"{path}: {where}: expected a path")
+    return resolve_path(value, path)
 
 
 def _broker(url: str, path: Path) -> BrokerAddress:

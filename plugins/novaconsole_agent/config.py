@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from novaconsole.agentbus.settings import BusSettings
+from novaconsole.agentbus.settings import (
+    BusSettings,
+    bounded_number,
+    optional_path,
+    resolve_path,
+)
 from novaconsole.errors import ConfigError
 
 #: Commands that only read (the default set).
@@ -124,8 +129,8 @@ class AgentConfig:
         for name, value in logs_raw.items():
             if not isinstance(value, str):
                 raise ConfigError(f"{path}: logs.{name}: expected a path")
-            logs[name] = _path(value, path)
-        nova_log = _opt_path(data, "nova_compute_log", path)
+            logs[name] = resolve_path(value, path)
+        nova_log = optional_path(data, "nova_compute_log", path)
         if nova_log is not None:
             logs.setdefault("nova-compute", nova_log)
         console_address = data.get("console_address", "")
@@ -134,10 +139,14 @@ class AgentConfig:
         return cls(
             host=host,
             libvirt_uri=uri,
-            heartbeat_interval=_num(data, "heartbeat_interval", path, 10.0, 0.2, 3600),
-            inventory_interval=_num(data, "inventory_interval", path, 300.0, 1, 86400),
+            heartbeat_interval=bounded_number(
+                data, "heartbeat_interval", path, 10.0, lo=0.2, hi=3600, unit="seconds"
+            ),
+            inventory_interval=bounded_number(
+                data, "inventory_interval", path, 300.0, lo=1, hi=86400, unit="seconds"
+            ),
             nova_compute_log=nova_log,
-            state_dir=_opt_path(data, "state_dir", path),
+            state_dir=optional_path(data, "state_dir", path),
             allowed=frozenset(allowed_raw),
             services=services,
             logs=logs,
@@ -145,27 +154,6 @@ class AgentConfig:
             bus=BusSettings.from_tables(data, path) if "bus" in data else None,
             source=str(path),
         )
-
-
-def _num(data: dict[str, Any], key: str, path: Path, default: float, lo: float, hi: float) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ConfigError(f"{path}: {key}: expected a number from {lo:g} to {hi:g} (seconds)")
-    return float(value)
-
-
-def _path(value: str, path: Path) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else path.parent / p
-
-
-def _opt_path(data: dict[str, Any], key: str, path: Path) -> Path | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}: {key}: expected a path")
-    return _path(value, path)
 
 
 def _services(raw: object, path: Path) -> tuple[ServiceConfig, ...]:
