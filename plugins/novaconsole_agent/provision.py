@@ -393,6 +393,9 @@ def agent_spec(site: Site) -> ServiceSpec:
         name=SERVICE,
         argv=(
             str(python),
+            # -P: the keeper's working directory (wherever lab up or supervisord was
+            # started, maybe another checkout) must not shadow the installed package.
+            "-P",
             "-m",
             "novaconsole",
             "--plugin",

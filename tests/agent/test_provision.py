@@ -72,8 +72,9 @@ def test_the_service_runs_the_agent_mode_with_no_secret_in_its_arguments(
 ) -> None:
     site = _site(tmp_path, agent_python=Path("/opt/agent/bin/python"))
     spec = agent_spec(site)
-    assert spec.argv[:5] == (
+    assert spec.argv[:6] == (
         "/opt/agent/bin/python",
+        "-P",
         "-m",
         "novaconsole",
         "--plugin",
