@@ -233,8 +233,13 @@ class ServicesStep(Step[dict[str, object]]):
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         status = self.keeper.status()
         for spec in self.specs:
-            running = spec.name in status and status[spec.name].pid is not None
-            if spec.port and not running and port_owner("127.0.0.1", spec.port):
+            # A keeper that was itself restarted (the machine rebooted, the session that
+            # ran it ended) starts every program at once: one still STARTING has no pid
+            # yet but may already hold its port.
+            ours = spec.name in status and (
+                status[spec.name].pid is not None or status[spec.name].state == "STARTING"
+            )
+            if spec.port and not ours and port_owner("127.0.0.1", spec.port):
                 raise NovaconsoleError(
                     f"port {spec.port} on 127.0.0.1 is already taken; {spec.name} cannot listen there",
                     hint="stop what holds it or choose another port (lab up --port NAME=PORT)",
