@@ -6,6 +6,13 @@ Runs the real daemon (``novaconsole --plugin compute-agent``) on the lab's libvi
 seconds: RSS (``VmRSS``) and unique memory (USS: private clean + dirty pages of
 ``/proc/PID/smaps_rollup``) at the start and the end, and CPU time (utime + stime) over
 the window as a share of one core. Goals (issue 7): RSS <= 50 MiB, <= 0.5% of a core idle.
+
+The daemon runs with the environment its service gets (``AGENT_ENV`` of the agent's
+provisioning) and may cache bytecode, after one warm-up import, as on a hypervisor:
+PYTHONDONTWRITEBYTECODE (set in some sandboxes) would have it compile libvirt.py's
+400 KB of source at every start, and the compiler's memory stays in the RSS.
+``--python`` runs it with another interpreter (e.g. the lab's agent venv) on this
+checkout's sources.
 """
 
 from __future__ import annotations
@@ -50,12 +57,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _daemon_env(python: str) -> dict[str, str]:
+    from novaconsole_agent.provision import AGENT_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(AGENT_ENV)
+    if python != sys.executable:
+        root = Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "plugins")])
+    return env
+
+
+#: What the daemon imports: one warm-up import lets Python cache their bytecode.
+WARM_UP = (
+    "import novaconsole.cli, novaconsole_agent.daemon, novaconsole_agent.commands, "
+    "novaconsole.agentbus.bus"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure; print the table; ``--write`` records it in bench/RESULTS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench agent_footprint")
     parser.add_argument("--duration", type=float, default=60.0, help="idle window (s)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="heartbeat interval (s)")
     parser.add_argument("--uri", default="qemu:///system", help="libvirt URI")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
@@ -79,9 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'[keys]\nsigning_key = "{tmp / "agent" / "bench.key"}"\n'
             f'trusted = "{tmp / "trusted"}"\n'
         )
+        env = _daemon_env(args.python)
+        subprocess.run([args.python, "-P", "-c", WARM_UP], env=env, check=True)
         proc = subprocess.Popen(
             [
-                sys.executable,
+                args.python,
+                "-P",
                 "-m",
                 "novaconsole",
                 "--plugin",
@@ -92,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         lines: list[str] = []
         started = threading.Event()
@@ -130,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _rabbitmqctl("delete_vhost", vhost)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    from novaconsole_agent.provision import AGENT_ENV
+
+    env_note = dict(AGENT_ENV)
     cpu_percent = 100.0 * (cpu1 - cpu0) / (t1 - t0)
     rss_mib = max(rss0, rss1) / 1024
     rows = [
@@ -152,12 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             "Command: `python -m bench agent_footprint"
             + (f" --duration {args.duration:g}" if args.duration != 60.0 else "")
+            + (f" --python {args.python}" if args.python != sys.executable else "")
             + (" --write" if args.write else "")
             + "`  ",
             machine_facts() + "  ",
             f"The daemon on `{args.uri}` (read-only; {domains}), heartbeat every "
             f"{args.heartbeat:g} s, on the real RabbitMQ (a throw-away vhost); measured after "
-            "its start inventory and 3 s to settle.",
+            "its start inventory and 3 s to settle. Interpreter "
+            f"`{args.python}`; environment {' '.join(f'{k}={v}' for k, v in env_note.items())}, "
+            "bytecode cached after one warm-up import.",
             "",
             table,
             verdict,

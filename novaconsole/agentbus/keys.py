@@ -2,7 +2,8 @@
 
 * A :class:`SigningKey` is a private key with a name (the key id every envelope it signs
   carries). It lives in a PEM file of mode 0600 (PKCS#8, unencrypted) and is loaded from
-  that path; nothing else ever holds its bytes.
+  that path; nothing else ever holds its bytes. The signatures themselves are OpenSSL's
+  (see :mod:`novaconsole.agentbus.ed25519`).
 * A :class:`Keyring` is the set of public keys a reader trusts, by name. Rotation is a
   list: a new key is added next to the old one, the signer switches, the old one is removed.
   An entry may be *bound* to hosts: an agent's key speaks for its own host only, so a
@@ -23,10 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from novaconsole.agentbus import ed25519
+from novaconsole.agentbus.ed25519 import InvalidSignature, KeyFormatError, PrivateKey, PublicKey
 from novaconsole.errors import ConfigError
 from novaconsole.fileutil import atomic_write
 
@@ -46,13 +45,13 @@ def check_key_name(name: str, where: str) -> str:
 class SigningKey:
     """A named Ed25519 private key. ``repr`` and ``str`` never show the key."""
 
-    def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
+    def __init__(self, name: str, private: PrivateKey) -> None:
         self.name = check_key_name(name, "signing key")
         self._private = private
 
     @classmethod
     def generate(cls, name: str) -> SigningKey:
-        return cls(name, Ed25519PrivateKey.generate())
+        return cls(name, ed25519.generate())
 
     @classmethod
     def load(cls, path: Path, name: str | None = None) -> SigningKey:
@@ -71,37 +70,25 @@ class SigningKey:
                 hint=f"chmod 600 {path}",
             )
         try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"signing key {path}: not an unencrypted PEM private key") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"signing key {path}: not an Ed25519 key")
+            key = ed25519.private_key(ed25519.seed_from_pem(data))
+        except KeyFormatError as exc:
+            raise ConfigError(f"signing key {path}: {exc}") from exc
         return cls(name or _stem(path), key)
 
     def save(self, directory: Path) -> tuple[Path, Path]:
         """Write ``NAME.key`` (0600) and ``NAME.pub`` (0644) into ``directory``."""
-        private_pem = self._private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
+        private_pem = ed25519.private_pem(self._private.seed())
         key_path = directory / f"{self.name}.key"
         pub_path = directory / f"{self.name}.pub"
         atomic_write(key_path, private_pem, mode=0o600)
         atomic_write(pub_path, self.public_pem(), mode=0o644)
         return key_path, pub_path
 
-    def public_key(self) -> Ed25519PublicKey:
+    def public_key(self) -> PublicKey:
         return self._private.public_key()
 
     def public_pem(self) -> str:
-        return (
-            self.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode("ascii")
-        )
+        return ed25519.public_pem(self.public_key().raw())
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
@@ -123,7 +110,7 @@ class TrustedKey:
     """A public key the reader trusts; ``hosts`` None means any host (a console key)."""
 
     name: str
-    public: Ed25519PublicKey
+    public: PublicKey
     hosts: frozenset[str] | None = None
 
     def verify(self, signature: bytes, data: bytes) -> bool:
@@ -137,14 +124,11 @@ class TrustedKey:
         return self.hosts is None or host in self.hosts
 
 
-def _load_public(pem: bytes, where: str) -> Ed25519PublicKey:
+def _load_public(pem: bytes, where: str) -> PublicKey:
     try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: not a PEM public key") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{where}: not an Ed25519 public key")
-    return key
+        return ed25519.public_key(ed25519.public_from_pem(pem))
+    except KeyFormatError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 class Keyring:

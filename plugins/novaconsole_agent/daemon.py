@@ -51,8 +51,12 @@ def setup_logging() -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s novaconsole-agent %(levelname)s %(message)s")
     )
+    handler.set_name("novaconsole-agent")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Ours once, beside any handler already there (a host process's, or pytest's caplog,
+    # which replacing the list took away from tests that run the daemon in-process).
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "novaconsole-agent"]
+    root.addHandler(handler)
     root.setLevel(logging.INFO)
     # pika logs each failed connection attempt at length; the bus logs one line itself.
     logging.getLogger("pika").setLevel(logging.CRITICAL)

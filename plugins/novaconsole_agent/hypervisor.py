@@ -183,6 +183,9 @@ class Hypervisor:
         self._callback_ids: list[int] = []
         self.last_error: str | None = None
         self.generation = 0
+        #: What libvirt says of the host that only changes with libvirtd (see host_facts),
+        #: and the connection generation it was read on.
+        self._static_facts: tuple[int, dict[str, str]] | None = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -354,21 +357,39 @@ class Hypervisor:
         return self.conn
 
     def host_facts(self, nova_host: str) -> HostFacts:
+        """The host's facts. CPUs and memory are read each time (``getInfo``: cheap); the
+        versions, hostname and virt type once per connection: ``getCapabilities`` and
+        ``getVersion`` make libvirtd re-check (and, where its cache is not valid, re-probe)
+        the QEMU binary, measured here at 12-40 s a call while the agent's main thread,
+        which also publishes events, waited. They change when libvirtd restarts, which is
+        a new connection."""
         conn = self._require()
         info = conn.getInfo()
-        caps = ET.fromstring(conn.getCapabilities())
-        guest_types = {d.get("type") for d in caps.iter("domain")}
-        hv_type = conn.getType()
-        virt_type = (
-            "kvm" if "kvm" in guest_types else ("qemu" if hv_type == "QEMU" else hv_type.lower())
-        )
+        if self._static_facts is None or self._static_facts[0] != self.generation:
+            caps = ET.fromstring(conn.getCapabilities())
+            guest_types = {d.get("type") for d in caps.iter("domain")}
+            hv_type = conn.getType()
+            virt_type = (
+                "kvm"
+                if "kvm" in guest_types
+                else ("qemu" if hv_type == "QEMU" else hv_type.lower())
+            )
+            static = {
+                "hostname": conn.getHostname(),
+                "libvirt_version": _version(conn.getLibVersion()),
+                "hypervisor_version": _version(conn.getVersion()),
+                "hypervisor_type": hv_type,
+                "virt_type": virt_type,
+            }
+            self._static_facts = (self.generation, static)
+        static = self._static_facts[1]
         return HostFacts(
-            hostname=conn.getHostname(),
+            hostname=static["hostname"],
             nova_host=nova_host,
-            libvirt_version=_version(conn.getLibVersion()),
-            hypervisor_version=_version(conn.getVersion()),
-            hypervisor_type=hv_type,
-            virt_type=virt_type,
+            libvirt_version=static["libvirt_version"],
+            hypervisor_version=static["hypervisor_version"],
+            hypervisor_type=static["hypervisor_type"],
+            virt_type=static["virt_type"],
             arch=str(info[0]),
             cpus=int(info[2]),
             memory_mib=int(info[1]),

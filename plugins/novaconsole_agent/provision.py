@@ -371,6 +371,13 @@ def agent_toml(site: Site) -> str:
     return "\n".join(lines)
 
 
+#: The agent's environment under its service keeper. glibc may give each thread that
+#: allocates an arena of its own (up to eight per core); two cap what a burst of work in
+#: the daemon's command or bus thread can leave spread over arenas. (Idle it made no
+#: measurable difference: bench/RESULTS.md, "Compute agent footprint".)
+AGENT_ENV: dict[str, str] = {"MALLOC_ARENA_MAX": "2"}
+
+
 def agent_python(site: Site) -> Path:
     """The interpreter that has ``novaconsole[agent]`` (the site's, or this one)."""
     return site.agent_python or Path(sys.executable)
@@ -403,7 +410,7 @@ def agent_spec(site: Site) -> ServiceSpec:
             "--config",
             str(config),
         ),
-        env={DIGEST_ENV: digest.hexdigest()[:16]},
+        env={**AGENT_ENV, DIGEST_ENV: digest.hexdigest()[:16]},
         stop_signal="TERM",
         stop_wait=10,
     )

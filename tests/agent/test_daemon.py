@@ -597,3 +597,33 @@ def test_libvirtd_restart_reconnects_and_resyncs(
         agent.stop()
         thread.join(10)
         console.stop()
+
+
+def test_host_facts_ask_libvirt_for_capabilities_once_per_connection() -> None:
+    """``getCapabilities``/``getVersion`` took 12-40 s a call on the lab's libvirtd (it
+    re-probes QEMU when its cache is not valid), and every inventory waited for them
+    while the events behind it queued: they are read once per connection."""
+    from novaconsole_agent.hypervisor import Hypervisor
+
+    hypervisor = Hypervisor("test:///default")
+    hypervisor.connect()
+    try:
+        first = hypervisor.host_facts("vm")
+        assert hypervisor.conn is not None
+        calls: list[str] = []
+
+        def refuse(name: str) -> Callable[..., object]:
+            def call(*_args: object) -> object:
+                calls.append(name)
+                raise AssertionError(f"{name} asked again on the same connection")
+
+            return call
+
+        for name in ("getCapabilities", "getVersion"):
+            setattr(hypervisor.conn, name, refuse(name))
+        assert hypervisor.host_facts("vm") == first
+        assert calls == []
+        hypervisor.connect()  # a new connection (libvirtd restarted): asked again
+        assert hypervisor.host_facts("vm") == first
+    finally:
+        hypervisor.close()
