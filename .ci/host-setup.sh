@@ -23,6 +23,8 @@ command -v cpio >/dev/null || need+=(cpio)
 # The console bridge's browser tests drive noVNC in Debian's headless Chromium.
 have /usr/bin/chromium || need+=(chromium)
 have /usr/bin/chromedriver || need+=(chromium-driver)
+# The console's Sixel encoder is checked against libsixel's decoder (sixel2png).
+command -v sixel2png >/dev/null || need+=(libsixel-bin)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -36,8 +36,13 @@ def cloud_option_parser() -> _Parser:
     return parent
 
 
-def build_parser(pm: PluginManager) -> argparse.ArgumentParser:
-    """The full parser: global options, core commands, then plugins' commands."""
+def build_parser(pm: PluginManager, *, commands: bool = True) -> argparse.ArgumentParser:
+    """The full parser: global options, core commands, then plugins' commands.
+
+    ``commands=False`` stops after the global options: ``--plugin NAME`` runs a mode and
+    needs none of the sub-commands, whose modules (the lab, provisioning, the VNC bridge)
+    would otherwise stay loaded in a daemon that never uses them.
+    """
     parser = _Parser(prog="novaconsole", description="The ops console for OpenStack Nova.")
     parser.add_argument("--version", action="version", version=f"novaconsole {__version__}")
     parser.add_argument(
@@ -57,7 +62,16 @@ def build_parser(pm: PluginManager) -> argparse.ArgumentParser:
         default=None,
         help="console auto-refresh interval",
     )
+    parser.add_argument(
+        "--graphics",
+        choices=["auto", "kitty", "sixel", "cells"],
+        default=None,
+        help="console screen: Kitty graphics, Sixel or half-block cells (default auto: "
+        "ask the terminal; also NOVACONSOLE_GRAPHICS or [console] graphics)",
+    )
     pm.hook.novaconsole_add_arguments(parser=parser)
+    if not commands:
+        return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("plugins", help="list loaded plugins and where they come from")
@@ -129,15 +143,19 @@ def split_plugin_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
+def _names_plugin(head: Sequence[str]) -> bool:
+    return bool(head) and (head[-1].startswith("--plugin=") or head[-2:-1] == ["--plugin"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``novaconsole`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         pm = get_plugin_manager()
-        parser = build_parser(pm)
         # Everything after ``--plugin NAME`` belongs to the mode: argparse would otherwise
         # take a mode option's value (``--config FILE``) for a sub-command name.
         head, tail = split_plugin_argv(argv)
+        parser = build_parser(pm, commands=not _names_plugin(head))
         args, rest = parser.parse_known_args(head)
         rest = [*rest, *tail]
         if args.plugin:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -15,6 +17,12 @@ from typing import TYPE_CHECKING
 
 from novaconsole.cloud import default_cloud_name
 from novaconsole.errors import EXIT_OK, ConfigError
+from novaconsole.terminal_graphics import (
+    ENV_VAR,
+    TerminalGraphics,
+    check_mode,
+    resolve_graphics,
+)
 from novaconsole.ui.settings import ConsoleSettings, load_settings, state_dir
 
 if TYPE_CHECKING:
@@ -32,7 +40,26 @@ def settings_from_args(args: argparse.Namespace, base: ConsoleSettings) -> Conso
         settings = replace(settings, refresh=float(args.refresh))
     if getattr(args, "readonly", False):
         settings = replace(settings, readonly=True)
+    from_env = os.environ.get(ENV_VAR)
+    if from_env:
+        settings = replace(settings, graphics=check_mode(from_env.strip(), ENV_VAR))
+    if getattr(args, "graphics", None):
+        settings = replace(settings, graphics=check_mode(args.graphics, "--graphics"))
     return settings
+
+
+def terminal_graphics(mode: str) -> TerminalGraphics:
+    """Ask the controlling terminal (before Textual takes it) what ``mode`` resolves to."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return resolve_graphics(mode, fd=None)
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return resolve_graphics(mode, fd=None)
+    try:
+        return resolve_graphics(mode, fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _log_actions_to_file() -> None:
@@ -100,6 +127,7 @@ def run_console(args: argparse.Namespace) -> int:
         cloud_names=_cloud_names,
         agent_feed=feed,
     )
+    app.graphics = terminal_graphics(settings.graphics)
     try:
         result = app.run()
     finally:

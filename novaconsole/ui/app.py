@@ -29,6 +29,7 @@ from novaconsole.plugins import PluginManager
 from novaconsole.sources.base import CloudSource
 from novaconsole.sources.console_api import ConsoleAction, ConsoleColumn, ConsolePane
 from novaconsole.sources.rows import CloudInfo
+from novaconsole.terminal_graphics import TerminalGraphics
 from novaconsole.ui.agents_pane import (
     AgentPaneBase,
     AgentsChanged,
@@ -134,6 +135,9 @@ class NovaConsoleApp(App[int]):
         self.serial_opener: Callable[[str], Any] | None = None
         #: Where console screenshots go (None: the current directory).
         self.screenshot_dir: Path | None = None
+        #: How the console screen draws a guest's framebuffer (None: half-block cells);
+        #: the CLI asks the terminal before the app starts.
+        self.graphics: TerminalGraphics | None = None
         self.info: CloudInfo | None = None
         self.connect_error: str | None = None
         self.known_clouds: list[str] = []

@@ -29,6 +29,7 @@ from textual.widgets import Static
 
 from novaconsole.sources.base import CloudSource
 from novaconsole.sources.rows import ServerRow
+from novaconsole.terminal_graphics import TerminalGraphics
 from novaconsole.ui.confirm import ConfirmScreen
 from novaconsole.ui.framebuffer_view import FramebufferView
 from novaconsole.ui.pane import describe_exception
@@ -104,8 +105,11 @@ class ConsoleScreen(Screen[None]):
         readonly: bool = False,
         screenshot_dir: Path | None = None,
         open_in_browser: Callable[[], str | None] | None = None,
+        graphics: TerminalGraphics | None = None,
     ) -> None:
         super().__init__()
+        #: Half-block cells unless the terminal (or the operator) chose Kitty or Sixel.
+        self.graphics = graphics or TerminalGraphics("cells", reason="half-block cells")
         self.source = source
         self.server = server
         self.opener = opener
@@ -126,7 +130,7 @@ class ConsoleScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="console-title", markup=False)
-        yield FramebufferView(id="console-view")
+        yield FramebufferView(id="console-view", graphics=self.graphics)
         yield Static(
             f"connecting to Nova for a console of {self.server.name}…",
             id="console-status",
@@ -161,7 +165,9 @@ class ConsoleScreen(Screen[None]):
         self.session = session
         self.state = "connected"
         self._send_keys_loop(session)
-        self._status(f"connected to {session.where} ({session.handshake.name})")
+        drawn = self.graphics.protocol
+        how = "" if drawn == "cells" else f" · {drawn} graphics"
+        self._status(f"connected to {session.where} ({session.handshake.name}){how}")
         self._draw()
 
     def _failed(self, error: str) -> None:
@@ -353,4 +359,5 @@ def console_screen_for(app: Any, source: CloudSource, server: ServerRow) -> Cons
         readonly=bool(getattr(app, "readonly", False)),
         screenshot_dir=getattr(app, "screenshot_dir", None),
         open_in_browser=open_in_browser,
+        graphics=getattr(app, "graphics", None),
     )

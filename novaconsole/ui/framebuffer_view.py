@@ -1,15 +1,139 @@
-"""``FramebufferView``: a guest's screen drawn with half blocks, two pixels per cell."""
+"""``FramebufferView``: a guest's screen in the terminal, as half blocks (two pixels per cell,
+any terminal) or as pixels (Kitty graphics or Sixel, where the terminal draws them).
+
+Pixel frames are encoded in one thread of the view's own (latest frame only, never two
+at once) and reach the terminal inside the widget's rendered lines, as control segments
+Textual writes in order with everything else: Kitty's image as placeholder cells (the
+terminal scales it into them), Sixel as an image drawn at the widget's position after
+its lines. A frame whose encoding did not change is not sent again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from rich.color import Color
-from rich.segment import Segment
+from rich.control import Control
+from rich.segment import ControlType, Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
+from novaconsole.terminal_graphics import TerminalGraphics
+from novaconsole.vnc import kitty
 from novaconsole.vnc.framebuffer import Framebuffer, Rect
-from novaconsole.vnc.render import UPPER_HALF_BLOCK, Cell, Fit, HalfBlockRenderer
+from novaconsole.vnc.render import (
+    UPPER_HALF_BLOCK,
+    Cell,
+    Fit,
+    HalfBlockRenderer,
+    scale_pixels,
+)
+from novaconsole.vnc.sixel import encode_sixel
+
+#: A control segment: written as is, zero cells wide.
+_CONTROL = ((ControlType.CURSOR_FORWARD, 0),)
+
+
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    """Where a pixel frame goes: ``columns`` x ``rows`` cells, and how the screen was scaled."""
+
+    columns: int
+    rows: int
+    fit: Fit
+
+
+def pixel_layout(
+    width: int, height: int, columns: int, rows: int, cell: tuple[int, int], protocol: str
+) -> PixelLayout:
+    """The cells a ``width`` x ``height`` screen takes in a ``columns`` x ``rows`` widget.
+
+    Kitty scales the image in the terminal, so it fills the widget (enlarged too,
+    aspect kept); Sixel is drawn pixel for pixel, so it is only ever scaled down.
+    """
+    cell_w, cell_h = cell
+    avail_w, avail_h = columns * cell_w, rows * cell_h
+    if width <= 0 or height <= 0 or avail_w <= 0 or avail_h <= 0:
+        return PixelLayout(0, 0, Fit(width, height, 0, 0, 0.0))
+    scale = min(avail_w / width, avail_h / height)
+    if protocol == "sixel":
+        scale = min(1.0, scale)
+    out_w = max(1, min(avail_w, int(width * scale)))
+    out_h = max(1, min(avail_h, int(height * scale)))
+    used_columns = min(columns, kitty.MAX_CELLS, max(1, math.ceil(out_w / cell_w)))
+    used_rows = min(rows, kitty.MAX_CELLS, max(1, math.ceil(out_h / cell_h)))
+    return PixelLayout(used_columns, used_rows, Fit(width, height, out_w, out_h, scale))
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One frame ready for the terminal."""
+
+    layout: PixelLayout
+    payload: str
+
+
+def encode_frame(
+    fb: Framebuffer, layout: PixelLayout, protocol: str, image_id: int, cell: tuple[int, int]
+) -> EncodedFrame:
+    """The escape sequences that show ``fb`` in ``layout`` (heavy: run it in a thread)."""
+    if protocol == "kitty":
+        # The terminal scales; send the screen as it is unless it is larger than shown.
+        if layout.fit.scale < 1.0:
+            _, pixels = scale_pixels(fb, layout.fit.width, layout.fit.height)
+            width, height = layout.fit.width, layout.fit.height
+        else:
+            pixels, width, height = bytes(fb.pixels), fb.width, fb.height
+        payload = kitty.transmit(image_id, width, height, pixels, layout.columns, layout.rows)
+        return EncodedFrame(layout, payload)
+    # Sixel: whole bands of six pixel rows inside the cells, so nothing spills below.
+    max_h = layout.rows * cell[1]
+    scaled, pixels = scale_pixels(fb, layout.fit.width, max_h - max_h % 6 or max_h)
+    return EncodedFrame(layout, encode_sixel(scaled.width, scaled.height, pixels))
+
+
+class _Encoder:
+    """One thread encoding the latest frame handed to it; results go to ``deliver``."""
+
+    def __init__(self, deliver: Callable[[EncodedFrame], None]) -> None:
+        self._deliver = deliver
+        self._wake = threading.Condition()
+        self._job: Callable[[], EncodedFrame] | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="framebuffer-encoder", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], EncodedFrame]) -> None:
+        with self._wake:
+            self._job = job  # an older job not started yet is dropped: only the latest counts
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._job is None and not self._stopped:
+                    self._wake.wait()
+                job, self._job = self._job, None
+                if self._stopped or job is None:
+                    return
+            try:
+                frame = job()
+            except Exception:  # a frame that cannot be encoded is skipped; the next may work
+                continue
+            with contextlib.suppress(Exception):  # the app may be gone
+                self._deliver(frame)
 
 
 class FramebufferView(Widget, can_focus=True):
@@ -27,16 +151,30 @@ class FramebufferView(Widget, can_focus=True):
     }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None, graphics: TerminalGraphics | None = None) -> None:
         super().__init__(id=id)
+        self.graphics = graphics or TerminalGraphics("cells")
         self.renderer = HalfBlockRenderer(1, 1)
         self._lines: list[Strip] = []
         self._styles: dict[Cell, Style] = {}
         self._framebuffer: Framebuffer | None = None
+        self._pixel_fit = Fit(0, 0, 0, 0, 0.0)
+        #: The frame on screen (pixel protocols) and a payload not written yet.
+        self._shown: EncodedFrame | None = None
+        self._unsent: str | None = None
+        self._image_id = random.randint(1, kitty.MAX_IMAGE_ID)
+        self._encoder: _Encoder | None = None
+        #: Pixel frames encoded, and how many were dropped as unchanged (tests read them).
+        self.frames_encoded = 0
+        self.frames_unchanged = 0
+
+    @property
+    def protocol(self) -> str:
+        return self.graphics.protocol
 
     @property
     def fit(self) -> Fit:
-        return self.renderer.fit
+        return self.renderer.fit if self.protocol == "cells" else self._pixel_fit
 
     #: Keys left to the screen's own bindings; every other key is the guest's.
     reserved_keys: frozenset[str] = frozenset({"ctrl+right_square_bracket"})
@@ -47,6 +185,8 @@ class FramebufferView(Widget, can_focus=True):
     def show(self, fb: Framebuffer, dirty: Rect | None = None) -> Fit:
         """Draw ``fb`` (only the rows ``dirty`` touches when the layout is unchanged)."""
         self._framebuffer = fb
+        if self.protocol != "cells":
+            return self._show_pixels(fb, dirty)
         width, height = self.size.width, self.size.height
         if (width, height) != (self.renderer.columns, self.renderer.rows):
             self.renderer.resize(max(width, 1), max(height, 1))
@@ -61,6 +201,93 @@ class FramebufferView(Widget, can_focus=True):
         if changed:
             self.refresh()
         return self.renderer.fit
+
+    # -- pixels (Kitty, Sixel) -----------------------------------------------------------
+
+    def _cell(self) -> tuple[int, int]:
+        return self.graphics.cell_width, self.graphics.cell_height
+
+    def _show_pixels(self, fb: Framebuffer, dirty: Rect | None) -> Fit:
+        layout = pixel_layout(
+            fb.width, fb.height, self.size.width, self.size.height, self._cell(), self.protocol
+        )
+        same_layout = self._shown is not None and self._shown.layout == layout
+        if same_layout and (dirty is None or dirty.empty):  # nothing changed since
+            return layout.fit
+        self._pixel_fit = layout.fit
+        if layout.columns == 0:
+            return layout.fit
+        if self._encoder is None:
+            app = self.app
+            self._encoder = _Encoder(lambda frame: app.call_from_thread(self._encoded, frame))
+        # fb is the session's copy (RfbSession.take_dirty): nobody writes into it.
+        protocol, image_id, cell = self.protocol, self._image_id, self._cell()
+        self._encoder.submit(lambda: encode_frame(fb, layout, protocol, image_id, cell))
+        return layout.fit
+
+    def _encoded(self, frame: EncodedFrame) -> None:
+        """On the event loop: a frame is ready; write it unless it is what is shown."""
+        self.frames_encoded += 1
+        if self._shown is not None and self._shown == frame:
+            self.frames_unchanged += 1
+            return
+        self._shown = frame
+        self._unsent = frame.payload
+        self.refresh()
+
+    def _image_region(self) -> Region:
+        """The cells the pixel frame covers, relative to the widget."""
+        if self._shown is None:
+            return Region(0, 0, 0, 0)
+        layout = self._shown.layout
+        left = max(0, (self.size.width - layout.columns) // 2)
+        top = max(0, (self.size.height - layout.rows) // 2)
+        return Region(left, top, layout.columns, layout.rows)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        lines = super().render_lines(crop)
+        if self.protocol == "cells" or self._shown is None or not lines:
+            return lines
+        image = self._image_region()
+        if not crop.overlaps(image):
+            return lines
+        if self.protocol == "kitty":
+            if self._unsent is None:
+                return lines
+            # Once per frame: the placeholder cells already on screen show the new image.
+            payload, self._unsent = self._unsent, None
+            first = lines[0]
+            lines[0] = Strip([Segment(payload, None, _CONTROL), *first], first.cell_length)
+            return lines
+        # Sixel: drawn after the lines at the image's place on screen (the cursor is
+        # saved and restored around it), whenever Textual repaints any part of it.
+        self._unsent = None
+        region = self.content_region
+        move = Control.move_to(region.x + image.x, region.y + image.y).segment.text
+        last = lines[-1]
+        tail = Segment("\x1b7" + move + self._shown.payload + "\x1b8", None, _CONTROL)
+        lines[-1] = Strip([*last, tail], last.cell_length)
+        return lines
+
+    def _pixel_line(self, y: int) -> Strip:
+        width = self.size.width
+        image = self._image_region()
+        if not image.y <= y < image.bottom or self._shown is None:
+            return Strip.blank(width, self.rich_style)
+        left = Segment(" " * image.x, self.rich_style)
+        right = Segment(" " * max(0, width - image.right), self.rich_style)
+        if self.protocol == "kitty":
+            style = Style(color=Color.from_rgb(*kitty.colour_of(self._image_id)))
+            middle = Segment(kitty.placeholder_row(y - image.y, image.width), style)
+        else:  # Sixel pixels lie there: move over them instead of painting blanks
+            middle = Segment(f"\x1b[{image.width}C", None, _CONTROL)
+        return Strip([left, middle, right], width)
+
+    def on_unmount(self) -> None:
+        if self._encoder is not None:
+            self._encoder.stop()
+
+    # -- half blocks ---------------------------------------------------------------------
 
     def _style(self, cell: Cell) -> Style:
         style = self._styles.get(cell)
@@ -88,6 +315,8 @@ class FramebufferView(Widget, can_focus=True):
             self.show(self._framebuffer)
 
     def render_line(self, y: int) -> Strip:
+        if self.protocol != "cells":
+            return self._pixel_line(y)
         width = self.size.width
         top = max(0, (self.size.height - len(self._lines)) // 2)
         index = y - top

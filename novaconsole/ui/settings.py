@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from novaconsole.errors import ConfigError
+from novaconsole.terminal_graphics import check_mode
 
 DEFAULT_THEME = "novaconsole-dark"
 
@@ -44,9 +45,18 @@ class ConsoleSettings:
     """Seconds an API call may take before the pane shows it as failed."""
     readonly: bool = False
     """Hide and refuse every mutating action."""
+    graphics: str = "auto"
+    """How the console screen draws a guest: ``auto`` (ask the terminal), ``kitty``,
+    ``sixel`` or ``cells`` (half blocks, any terminal)."""
 
 
-_TYPES: dict[str, type] = {"theme": str, "refresh": float, "timeout": float, "readonly": bool}
+_TYPES: dict[str, type] = {
+    "theme": str,
+    "refresh": float,
+    "timeout": float,
+    "readonly": bool,
+    "graphics": str,
+}
 
 
 def load_settings(path: Path | None = None) -> ConsoleSettings:
@@ -75,6 +85,8 @@ def load_settings(path: Path | None = None) -> ConsoleSettings:
             raise ConfigError(f"{path}: [console] {key} = {original!r} is not a {wanted.__name__}")
         if isinstance(value, float) and value < 0:
             raise ConfigError(f"{path}: [console] {key} = {original!r} must be 0 or more")
+        if key == "graphics":
+            check_mode(str(value), f"{path}: [console]")
         values[key] = value
     return replace(ConsoleSettings(), **values)
 

@@ -38,16 +38,32 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from novaconsole.errors import ConfigError, ConnectionFailure, NovaconsoleError
 from novaconsole.vnc.routes import RelayPeer, SocketPeer, Upstream
-from novaconsole.vnc.tickets import Grant, TicketPolicy, TicketRefused, TicketStore
+from novaconsole.vnc.tickets import (
+    Grant,
+    TicketPolicy,
+    TicketRefused,
+    TicketStore,
+    ticket_digest,
+)
 
 LOG = logging.getLogger("novaconsole.vnc.bridge")
 
 #: The websocket path of a server's console; noVNC's ``path`` parameter points here.
 WEBSOCKET_PREFIX = "/websockify/"
+#: A launch URL's path: its one-time ticket is exchanged for the websocket's ticket in a
+#: cookie, so the ticket a browser's URL (argv, history, a printed line) carries is spent
+#: the moment the page loads.
+LAUNCH_PREFIX = "/launch/"
+#: Bytes of a launch form's body we read at most (it holds one ticket).
+MAX_FORM_BYTES = 4096
 #: Seconds the relay waits in ``select`` at most, so deadlines and shutdown are noticed.
 POLL_S = 0.5
 #: Seconds to open the upstream (Nova's API plus the proxy or the VNC server).
 UPSTREAM_TIMEOUT_S = 30.0
+#: Seconds a VNC client has to answer the password challenge on our TCP port.
+VNC_AUTH_TIMEOUT_S = 10.0
+#: Wrong or missing answers after which the TCP port stops listening.
+MAX_VNC_AUTH_FAILURES = 3
 
 _SECRET_PARAM = re.compile(r"((?:token|ticket)(?:=|%3D))[^&#%\s'\"]+", re.IGNORECASE)
 
@@ -203,13 +219,69 @@ def _make_handler_class() -> type[Any]:
                 return True
             return False
 
+        def _refuse_host(self) -> bool:
+            reason = self.server.bridge.host_refusal(self.headers.get("Host"))
+            if reason is None:
+                return False
+            LOG.warning("%s refused %s: %s", self.client_address[0], self.command, reason)
+            self.send_error(403, reason)
+            return True
+
         def do_GET(self) -> None:
-            if not self._double_slash():
-                super().do_GET()
+            if self._double_slash() or self._refuse_host():
+                return
+            if urlsplit(self.path).path.startswith(LAUNCH_PREFIX):
+                query = urlsplit(self.path).query
+                self._launch(parse_qs(query).get("ticket", [""])[0])
+                return
+            super().do_GET()
 
         def do_HEAD(self) -> None:
-            if not self._double_slash():
+            if not self._double_slash() and not self._refuse_host():
                 super().do_HEAD()
+
+        def do_POST(self) -> None:
+            if self._double_slash() or self._refuse_host():
+                return
+            if not urlsplit(self.path).path.startswith(LAUNCH_PREFIX):
+                self.send_error(405, "only a launch form may be posted")
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_FORM_BYTES:
+                self.send_error(400, "launch form too large or without a length")
+                return
+            form = parse_qs(self.rfile.read(length).decode("ascii", "replace"))
+            self._launch(form.get("ticket", [""])[0])
+
+        def _launch(self, ticket: str) -> None:
+            """Spend a launch ticket: the websocket's ticket goes into a cookie, and the
+            browser is sent on to noVNC's page, whose URL then holds no secret."""
+            bridge = self.server.bridge
+            server_id = urlsplit(self.path).path[len(LAUNCH_PREFIX) :].strip("/")
+            if bridge.route(server_id) is None:
+                self.send_error(404, "no console for this server on this bridge")
+                return
+            try:
+                bridge.tickets.redeem(ticket, launch_key(server_id))
+            except TicketRefused as exc:
+                LOG.warning("%s refused launch for %s: %s", self.client_address[0], server_id, exc)
+                self.send_error(403, str(exc))
+                return
+            bridge.launched(ticket)
+            websocket_ticket = bridge.tickets.issue(server_id)
+            ttl = max(1, int(bridge.tickets.policy.connect_ttl_s))
+            self.send_response(303)
+            self.send_header("Location", bridge.novnc_path(server_id))
+            self.send_header(
+                "Set-Cookie",
+                f"{bridge.cookie_name}={websocket_ticket}; Path={WEBSOCKET_PREFIX}"
+                f"{quote(server_id)}; Max-Age={ttl}; HttpOnly; SameSite=Strict",
+            )
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def end_headers(self) -> None:
             # The page's URL carries a ticket: never send it on as a Referer.
@@ -243,8 +315,15 @@ def _make_handler_class() -> type[Any]:
             upstream = self.server.bridge.route(server_id)
             if upstream is None:
                 raise _Refused(404, "no console for this server on this bridge")
+            reason = self.server.bridge.host_refusal(self.headers.get("Host"))
+            if reason is not None:
+                raise _Refused(403, reason)
             self.server.bridge.check_origin(self.headers)
+            # ?token= from non-browser clients (our TUI, scripts); a browser that came
+            # through a launch URL presents it in the cookie that launch set.
             ticket = parse_qs(parts.query).get("token", [""])[0]
+            if not ticket:
+                ticket = _cookie(self.headers, self.server.bridge.cookie_name)
             try:
                 self.grant = self.server.bridge.tickets.redeem(ticket, server_id)
             except TicketRefused as exc:
@@ -260,6 +339,10 @@ def _make_handler_class() -> type[Any]:
         def new_websocket_client(self) -> None:
             bridge = self.server.bridge
             record = SessionRecord(self.grant.server_id, "websocket", self.client_address[0])
+            # websockify's WebSocketProxy sets TCP_NODELAY on both sockets; without it
+            # each frame's tail waited for the browser's delayed ACK (Nagle): a full
+            # screen relayed at a quarter of the speed (bench/RESULTS.md).
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with bridge.session(record):
                 try:
                     peer = self.upstream.open(UPSTREAM_TIMEOUT_S)
@@ -282,6 +365,32 @@ def _make_handler_class() -> type[Any]:
                     peer.close()
 
     return BridgeRequestHandler
+
+
+def launch_key(server_id: str) -> str:
+    """What a launch ticket is bound to in the store (never a websocket's server id)."""
+    return f"launch:{server_id}"
+
+
+def _cookie(headers: Any, name: str) -> str:
+    from http.cookies import CookieError, SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    for header in headers.get_all("Cookie") or ():
+        with contextlib.suppress(CookieError):
+            jar.load(header)
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else ""
+
+
+def _is_ip_literal(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class BridgeHTTPServer(ThreadingMixIn, HTTPServer):
@@ -323,6 +432,20 @@ class BridgeHTTPServer(ThreadingMixIn, HTTPServer):
             type(exc).__name__,
             redact(" ".join(str(exc).split())),
         )
+
+
+def _runtime_dir() -> str | None:
+    import os
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return runtime if runtime and os.path.isdir(runtime) else None
+
+
+def _remove_launch_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 # -- the relay ----------------------------------------------------------------------------
@@ -454,6 +577,7 @@ class ConsoleBridge:
         web_dir: Path | None = None,
         allowed_origins: Sequence[str] = (),
         public_host: str | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.listen_host = listen_host
         self.listen_port = listen_port
@@ -461,7 +585,9 @@ class ConsoleBridge:
         self.web_dir = web_dir
         self.allowed_origins = tuple(allowed_origins)
         self.public_host = public_host
+        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
         self.stopping = threading.Event()
+        self._launch_files: dict[bytes, Path] = {}
         self.sessions: list[SessionRecord] = []
         self._routes: dict[str, Upstream] = {}
         self._lock = threading.Condition()
@@ -500,6 +626,10 @@ class ConsoleBridge:
     def close(self) -> None:
         """Stop serving, end every session; idempotent."""
         self.stopping.set()
+        with self._lock:
+            files, self._launch_files = list(self._launch_files.values()), {}
+        for path in files:
+            _remove_launch_file(path)
         for sock in self._listeners:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -541,6 +671,99 @@ class ConsoleBridge:
     def websocket_url(self, server_id: str, ticket: str) -> str:
         _, port = self.address
         return f"ws://{self._url_host()}:{port}{WEBSOCKET_PREFIX}{quote(server_id)}?token={ticket}"
+
+    @property
+    def cookie_name(self) -> str:
+        """The websocket ticket's cookie; browsers do not keep cookies apart by port, so
+        each bridge's has its port in its name."""
+        return f"novaconsole_ticket_{self.address[1]}"
+
+    def novnc_path(self, server_id: str) -> str:
+        """noVNC's page for ``server_id`` with no ticket (the cookie carries it)."""
+        path = quote(f"{WEBSOCKET_PREFIX.lstrip('/')}{server_id}", safe="")
+        return f"/vnc_lite.html?autoconnect=true&path={path}"
+
+    def issue_launch_ticket(self, server_id: str) -> str:
+        """A one-time ticket for :meth:`launch_url` (a websocket refuses it)."""
+        if self.route(server_id) is None:
+            raise ConfigError(f"the console bridge has no route for server {server_id}")
+        return self.tickets.issue(launch_key(server_id))
+
+    def launch_url(self, server_id: str, ticket: str) -> str:
+        """The URL a person opens: spent on first load, exchanged for a cookie there."""
+        _, port = self.address
+        return f"http://{self._url_host()}:{port}{LAUNCH_PREFIX}{quote(server_id)}?ticket={ticket}"
+
+    def launch_file(self, server_id: str, directory: Path | None = None) -> Path:
+        """A private HTML file that posts a fresh launch ticket to this bridge.
+
+        A browser opened with this file's path has no secret in its arguments (other
+        users read those in /proc); the file is mode 0600 in a 0700 directory, removed
+        once its ticket is spent, when the ticket expires, or when the bridge closes.
+        """
+        import html
+        import os
+        import tempfile
+
+        ticket = self.issue_launch_ticket(server_id)
+        _, port = self.address
+        action = f"http://{self._url_host()}:{port}{LAUNCH_PREFIX}{quote(server_id)}"
+        folder = Path(
+            tempfile.mkdtemp(prefix="novaconsole-console-", dir=directory or _runtime_dir())
+        )
+        path = folder / "console.html"
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            "<meta name='referrer' content='no-referrer'><title>console</title></head>"
+            f"<body><form method='post' action='{html.escape(action, quote=True)}'>"
+            f"<input type='hidden' name='ticket' value='{html.escape(ticket, quote=True)}'>"
+            "<noscript><button>open the console</button></noscript></form>"
+            "<script>document.forms[0].submit()</script></body></html>"
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        with self._lock:
+            self._launch_files[ticket_digest(ticket)] = path
+        timer = threading.Timer(self.tickets.policy.connect_ttl_s, self._expire_launch, (ticket,))
+        timer.daemon = True
+        timer.start()
+        return path
+
+    def launched(self, ticket: str) -> None:
+        """A launch ticket was spent: its file, if any, has done its work."""
+        self._expire_launch(ticket)
+
+    def _expire_launch(self, ticket: str) -> None:
+        with self._lock:
+            path = self._launch_files.pop(ticket_digest(ticket), None)
+        if path is not None:
+            _remove_launch_file(path)
+
+    # -- DNS rebinding: the Host header must name this bridge ---------------------------
+
+    def host_refusal(self, host_header: str | None) -> str | None:
+        """None if ``Host`` names this bridge; else why not (the 403's reason).
+
+        A page from another site whose name was re-pointed at 127.0.0.1 (DNS rebinding)
+        is same-origin with us as far as its browser knows, but sends its own name as
+        Host. IP literals cannot be rebound; names are accepted only if they are ours.
+        """
+        if not host_header:
+            return "no Host header"
+        hostname = urlsplit(f"//{host_header}").hostname
+        if not hostname:
+            return "Host header not valid"
+        if _is_ip_literal(hostname):
+            return None
+        names = {"localhost", self.listen_host.lower(), *self.allowed_hosts}
+        if self.public_host:
+            names.add(self.public_host.lower())
+        if self.listen_host in ("0.0.0.0", "::", ""):
+            names.update({socket.getfqdn().lower(), socket.gethostname().lower()})
+        if hostname.lower().rstrip(".") in names:
+            return None
+        return f"Host header names {hostname!r}, not this bridge"
 
     def novnc_url(self, server_id: str, ticket: str) -> str:
         """noVNC's page, connecting to this bridge's websocket for ``server_id``."""
@@ -613,35 +836,96 @@ class ConsoleBridge:
 
     # -- a plain TCP port for VNC clients ----------------------------------------------
 
-    def open_vnc_port(self, server_id: str, port: int = 0) -> tuple[str, int]:
+    def open_vnc_port(
+        self, server_id: str, port: int = 0, *, password: str | None = None
+    ) -> tuple[str, int]:
         """Listen for one VNC client for ``server_id`` (within the ticket TTL); (host, port).
 
-        A VNC client cannot present our ticket, so the port itself is the ticket: it takes
-        the first connection and stops listening.
+        A VNC client cannot present our ticket. With ``password`` (what ``console --vnc``
+        does: a fresh one, printed once) the port asks for RFB's VNC Authentication and
+        serves the first client that answers it, closing after
+        :data:`MAX_VNC_AUTH_FAILURES` wrong answers; without one the port itself is the
+        ticket: the first connection gets the console.
         """
         upstream = self.route(server_id)
         if upstream is None:
             raise ConfigError(f"the console bridge has no route for server {server_id}")
         sock = _bound_socket(self.listen_host, port, "VNC port")
         self._listeners.append(sock)
-        sock.settimeout(self.tickets.policy.connect_ttl_s)
         thread = threading.Thread(
-            target=self._serve_vnc_once, args=(sock, upstream), name="console-vnc", daemon=True
+            target=self._serve_vnc_port,
+            args=(sock, upstream, password),
+            name="console-vnc",
+            daemon=True,
         )
         thread.start()
         self._threads.append(thread)
         host, bound = sock.getsockname()[:2]
-        LOG.info("VNC port for %s on %s:%d", server_id, host, bound)
+        LOG.info(
+            "VNC port for %s on %s:%d (%s)",
+            server_id,
+            host,
+            bound,
+            "VNC Authentication" if password else "first connection",
+        )
         return str(host), int(bound)
 
-    def _serve_vnc_once(self, listener: socket.socket, upstream: Upstream) -> None:
+    def _accept_vnc_client(
+        self, listener: socket.socket, password: str | None
+    ) -> tuple[socket.socket, Any, int] | None:
+        """The client the port serves (socket, address, ClientInit's shared flag, or -1
+        when the client's handshake is still to come); None when the port gives up."""
+        from novaconsole.vnc.vncauth import VncAuthFailed, serve_vnc_auth
+
+        deadline = time.monotonic() + self.tickets.policy.connect_ttl_s
+        failures = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.is_set():
+                return None
+            listener.settimeout(min(left, POLL_S))
+            try:
+                conn, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if password is None:
+                return conn, address, -1
+            conn.settimeout(VNC_AUTH_TIMEOUT_S)
+            try:
+                serve_vnc_auth(conn, password)
+                shared = conn.recv(1)
+                if len(shared) != 1:
+                    raise VncAuthFailed("the client closed the connection before ClientInit")
+                return conn, address, shared[0]
+            except (VncAuthFailed, OSError) as exc:
+                failures += 1
+                reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+                LOG.warning(
+                    "%s: VNC port refused a client: %s (%d of %d)",
+                    address[0],
+                    reason,
+                    failures,
+                    MAX_VNC_AUTH_FAILURES,
+                )
+                with contextlib.suppress(OSError):
+                    conn.close()
+                if failures >= MAX_VNC_AUTH_FAILURES:
+                    LOG.warning("VNC port closed after %d refused clients", failures)
+                    return None
+
+    def _serve_vnc_port(
+        self, listener: socket.socket, upstream: Upstream, password: str | None
+    ) -> None:
         try:
-            conn, address = listener.accept()
-        except (TimeoutError, OSError):
-            return
+            accepted = self._accept_vnc_client(listener, password)
         finally:
             with contextlib.suppress(OSError):
                 listener.close()
+        if accepted is None:
+            return
+        conn, address, shared = accepted
         conn.settimeout(None)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = SocketPeer(conn)
@@ -659,11 +943,39 @@ class ConsoleBridge:
                 return
             record.upstream = upstream.where
             try:
+                if shared >= 0:
+                    # We answered the client's handshake ourselves; now the server's, and
+                    # hand its ServerInit on, so the relay starts where both sides agree.
+                    client.sendall(_upstream_handshake(peer, bool(shared), upstream.where))
                 _relay(_SocketSide(client), peer, grant, record, self.stopping)
             except _SessionEnd:
                 pass
+            except NovaconsoleError as exc:
+                record.end_reason = f"upstream handshake failed: {exc.one_line()}"
             except OSError as exc:
                 record.end_reason = f"connection error: {exc.strerror or exc}"
             finally:
                 peer.close()
                 client.close()
+
+
+def _upstream_handshake(peer: RelayPeer, shared: bool, where: str) -> bytes:
+    """RFB client handshake with the VNC server behind ``peer``; the ServerInit bytes
+    (and anything after them) for our client."""
+    from novaconsole.vnc.probe import HandshakeState, ProbeError, RfbClientHandshake
+    from novaconsole.vnc.routes import PeerTransport
+    from novaconsole.vnc.vncauth import server_init_bytes
+
+    machine = RfbClientHandshake(shared=shared)
+    transport = PeerTransport(peer, UPSTREAM_TIMEOUT_S)
+    while machine.state is not HandshakeState.DONE:
+        try:
+            data = transport.receive()
+        except Exception:
+            raise ProbeError(
+                f"{where} closed or went quiet while waiting for {machine.state.value}"
+            ) from None
+        reply = machine.receive(data)
+        if reply:
+            transport.send(reply)
+    return server_init_bytes(machine.result) + machine.unconsumed

@@ -177,6 +177,7 @@ class HandshakeState(enum.Enum):
     PROTOCOL_VERSION = "the RFB greeting (ProtocolVersion)"
     SECURITY_TYPES = "the security types"
     SECURITY_TYPE_33 = "the security type (RFB 3.3)"
+    VNC_AUTH_CHALLENGE = "the VNC Authentication challenge"
     SECURITY_RESULT = "the SecurityResult"
     SERVER_INIT = "ServerInit"
     DONE = "nothing (handshake complete)"
@@ -190,9 +191,12 @@ class RfbClientHandshake:
     :class:`RfbError`. After :attr:`state` is ``DONE``, :attr:`result` holds the outcome.
     """
 
-    def __init__(self, *, shared: bool = True) -> None:
+    def __init__(self, *, shared: bool = True, password: str | None = None) -> None:
         self.state = HandshakeState.PROTOCOL_VERSION
         self._shared = shared
+        #: With a password, VNC Authentication is chosen when offered (our --vnc port).
+        self._password = password
+        self._chosen = SECURITY_NONE
         self._buffer = bytearray()
         self._server_version = ""
         self._version = (0, 0)
@@ -230,6 +234,7 @@ class RfbClientHandshake:
             HandshakeState.PROTOCOL_VERSION: self._on_protocol_version,
             HandshakeState.SECURITY_TYPES: self._on_security_types,
             HandshakeState.SECURITY_TYPE_33: self._on_security_type_33,
+            HandshakeState.VNC_AUTH_CHALLENGE: self._on_vnc_auth_challenge,
             HandshakeState.SECURITY_RESULT: self._on_security_result,
             HandshakeState.SERVER_INIT: self._on_server_init,
         }[self.state]
@@ -310,6 +315,10 @@ class RfbClientHandshake:
             raise RfbError(f"VNC server refused the connection: {reason[0] or 'no reason given'}")
         del self._buffer[:4]
         self._security_types = (chosen,)
+        if chosen == SECURITY_VNC_AUTH and self._password is not None:
+            self._chosen = chosen
+            self.state = HandshakeState.VNC_AUTH_CHALLENGE
+            return True
         if chosen != SECURITY_NONE:
             raise self._auth_required()
         # RFB 3.3: the server chose None; no SecurityResult follows.
@@ -317,6 +326,11 @@ class RfbClientHandshake:
         return True
 
     def _choose_none(self, out: bytearray) -> None:
+        if self._password is not None and SECURITY_VNC_AUTH in self._security_types:
+            self._chosen = SECURITY_VNC_AUTH
+            out.append(SECURITY_VNC_AUTH)
+            self.state = HandshakeState.VNC_AUTH_CHALLENGE
+            return
         if SECURITY_NONE not in self._security_types:
             raise self._auth_required()
         out.append(SECURITY_NONE)
@@ -332,10 +346,23 @@ class RfbClientHandshake:
             "the probe only speaks security type None (1)"
         )
 
+    def _on_vnc_auth_challenge(self, out: bytearray) -> bool:
+        from novaconsole.vnc.vncauth import vnc_auth_response
+
+        challenge = self._take(16)
+        if challenge is None:
+            return False
+        out += vnc_auth_response(self._password or "", challenge)
+        self.state = HandshakeState.SECURITY_RESULT
+        return True
+
     def _on_security_result(self, out: bytearray) -> bool:
         if len(self._buffer) < 4:
             return False
         (status,) = struct.unpack_from(">I", self._buffer, 0)
+        if status != 0 and self._version < (3, 8):
+            # Before 3.8 a failed SecurityResult carries no reason.
+            raise RfbError(f"VNC security handshake failed (SecurityResult {status})")
         if status != 0:
             reason = self._peek_string(4, "failure reason")
             if reason is None:
@@ -373,7 +400,7 @@ class RfbClientHandshake:
             server_version=self._server_version,
             version=self._version,
             security_types=self._security_types,
-            security_type=SECURITY_NONE,
+            security_type=self._chosen,
             width=width,
             height=height,
             pixel_format=pixel_format,
@@ -481,9 +508,11 @@ def _close_frame_detail(payload: bytes) -> str:
     return f"close frame {code}{(' ' + reason) if reason else ''}"
 
 
-def perform_handshake(transport: Transport, where: str, *, shared: bool = True) -> RfbHandshake:
+def perform_handshake(
+    transport: Transport, where: str, *, shared: bool = True, password: str | None = None
+) -> RfbHandshake:
     """Drive :class:`RfbClientHandshake` over ``transport``; errors name ``where``."""
-    machine = RfbClientHandshake(shared=shared)
+    machine = RfbClientHandshake(shared=shared, password=password)
     while machine.state is not HandshakeState.DONE:
         waiting_for = machine.state
         try:
@@ -624,7 +653,7 @@ def probe_console(
 
 
 def probe_vnc_server(
-    host: str, port: int, *, timeout: float = 10.0, shared: bool = True
+    host: str, port: int, *, timeout: float = 10.0, shared: bool = True, password: str | None = None
 ) -> RfbHandshake:
     """Complete the RFB handshake with a VNC server directly over TCP."""
     where = f"VNC server at {host}:{port}"
@@ -634,6 +663,6 @@ def probe_vnc_server(
         raise ProbeError(f"cannot connect to {where}: {exc.strerror or exc}") from None
     transport = SocketTransport(sock)
     try:
-        return perform_handshake(transport, where, shared=shared)
+        return perform_handshake(transport, where, shared=shared, password=password)
     finally:
         transport.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 
 from novaconsole.vnc.framebuffer import Framebuffer, Rect
@@ -114,10 +115,7 @@ class HalfBlockRenderer:
         """
         wanted = fit(fb.width, fb.height, self.columns, self.rows)
         if wanted != self.fit or len(self.cells) != wanted.rows:
-            self.fit = wanted
-            self._xb = _bounds(fb.width, wanted.width)
-            self._yb = _bounds(fb.height, wanted.height)
-            self._prepare(fb)
+            self._layout(fb, wanted)
             self.cells = [[(_BLACK, _BLACK)] * wanted.columns for _ in range(wanted.rows)]
             dirty = None
         if wanted.width == 0:
@@ -137,6 +135,25 @@ class HalfBlockRenderer:
             else:
                 self.cells[row] = list(zip(upper, lower, strict=True))
         return range(first, last)
+
+    def _layout(self, fb: Framebuffer, wanted: Fit) -> None:
+        self.fit = wanted
+        self._xb = _bounds(fb.width, wanted.width)
+        self._yb = _bounds(fb.height, wanted.height)
+        self._prepare(fb)
+
+    def pixels(self, fb: Framebuffer) -> tuple[Fit, bytes]:
+        """The whole screen scaled (area average) to fit ``columns`` x ``2 * rows`` pixels,
+        as packed RGB; the cells are left as they were."""
+        wanted = fit(fb.width, fb.height, self.columns, self.rows)
+        if wanted.width == 0:
+            return wanted, b""
+        if wanted.scale == 1.0:
+            return wanted, bytes(fb.pixels)
+        if wanted != self.fit:
+            self._layout(fb, wanted)
+        rows = [self._pixel_row(fb, y) for y in range(wanted.height)]
+        return wanted, bytes(chain.from_iterable(chain.from_iterable(rows)))
 
     @staticmethod
     def _out_index(bounds: list[tuple[int, int]], source: int) -> int:
@@ -189,6 +206,14 @@ class HalfBlockRenderer:
                 strict=True,
             )
         )[: len(self._xb)]
+
+
+def scale_pixels(fb: Framebuffer, max_width: int, max_height: int) -> tuple[Fit, bytes]:
+    """``fb`` scaled down (never up) to fit ``max_width`` x ``max_height`` pixels, as RGB.
+
+    The same area average as the cells; for pixel outputs (Sixel, Kitty graphics).
+    """
+    return HalfBlockRenderer(max(1, max_width), max(1, max_height // 2)).pixels(fb)
 
 
 def render_halfblocks(fb: Framebuffer, columns: int, rows: int) -> tuple[list[list[Cell]], Fit]:

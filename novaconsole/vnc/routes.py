@@ -249,6 +249,29 @@ def serial_console_url(route: Upstream, server: ServerInfo) -> str:
     return url
 
 
+def checked_proxy_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--proxy-url {url!r}: expected http(s)://HOST[:PORT]")
+    return url
+
+
+def _on_proxy(console_url: str, proxy_url: str) -> str:
+    """Nova's console URL (its path and token) on another nova-novncproxy address: where
+    ``novncproxy_base_url`` names a host this machine cannot reach, or a test's port."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    proxy = urlsplit(proxy_url)
+    ours = urlsplit(console_url)
+    return urlunsplit((proxy.scheme, proxy.netloc, ours.path, ours.query, ours.fragment))
+
+
 def _token_of(url: str) -> str:
     from urllib.parse import parse_qs, urlsplit
 
@@ -261,10 +284,11 @@ class NovaRoute:
 
     via = "nova"
 
-    def __init__(self, conn: Any, server: ServerInfo) -> None:
+    def __init__(self, conn: Any, server: ServerInfo, proxy_url: str | None = None) -> None:
         self.conn = conn
         self.server = server
         self.server_id = server.id
+        self.proxy_url = checked_proxy_url(proxy_url) if proxy_url else None
         self._where = "nova-novncproxy"
 
     @property
@@ -272,7 +296,10 @@ class NovaRoute:
         return self._where
 
     def _endpoint(self) -> Any:
-        endpoint = parse_console_url(_create_console_url(self.conn, self.server))
+        url = _create_console_url(self.conn, self.server)
+        if self.proxy_url:
+            url = _on_proxy(url, self.proxy_url)
+        endpoint = parse_console_url(url)
         self._where = f"nova-novncproxy at {endpoint.host}:{endpoint.port}"
         return endpoint
 
@@ -280,8 +307,19 @@ class NovaRoute:
         from novaconsole.vnc.probe import open_websocket
 
         endpoint = self._endpoint()
-        # The Origin a browser on Nova's own page would send: nova-novncproxy checks it.
-        return WebSocketPeer(open_websocket(endpoint, endpoint.origin, timeout))
+        try:
+            # The Origin a browser on Nova's own page would send: nova-novncproxy checks it.
+            return WebSocketPeer(open_websocket(endpoint, endpoint.origin, timeout))
+        except ProbeError as exc:
+            if not str(exc).startswith("cannot connect"):
+                raise
+            source = "--proxy-url" if self.proxy_url else "Nova's console URL"
+            reason = str(exc).rpartition(": ")[2]
+            raise ProbeError(
+                f"nova-novncproxy at {endpoint.host}:{endpoint.port} ({source}) is not "
+                f"answering: {reason}; `--via direct` reaches the compute node's VNC server "
+                "without it"
+            ) from None
 
     def check(self, timeout: float) -> RfbHandshake:
         peer = self.open(timeout)
@@ -478,10 +516,14 @@ def agent_route(conn: Any, server: ServerInfo) -> Upstream:
     return AgentRoute(server)
 
 
-def make_route(via: str, conn: Any, server: ServerInfo) -> Upstream:
-    """The route named ``via`` for ``server``."""
+def make_route(
+    via: str, conn: Any, server: ServerInfo, *, proxy_url: str | None = None
+) -> Upstream:
+    """The route named ``via`` for ``server`` (``proxy_url``: the nova route's only)."""
+    if proxy_url and via != "nova":
+        raise ConfigError("--proxy-url names nova-novncproxy: it goes with --via nova only")
     if via == "nova":
-        return NovaRoute(conn, server)
+        return NovaRoute(conn, server, proxy_url)
     if via == "direct":
         return DirectRoute(conn, server)
     if via == "agent":

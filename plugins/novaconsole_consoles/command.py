@@ -8,8 +8,8 @@ from typing import Any
 
 from novaconsole.errors import EXIT_OK, ConfigError, ConnectionFailure
 from novaconsole.output import emit_json
-from novaconsole.vnc.bridge import ConsoleBridge
-from novaconsole.vnc.routes import VIA_CHOICES, PeerTransport
+from novaconsole.vnc.bridge import MAX_VNC_AUTH_FAILURES, ConsoleBridge
+from novaconsole.vnc.routes import VIA_CHOICES, PeerTransport, checked_proxy_url
 from novaconsole.vnc.tickets import TicketPolicy
 from novaconsole_consoles.session import (
     Console,
@@ -41,16 +41,31 @@ def add_console_command(subparsers: Any) -> None:
         "node's VNC port (admin); agent: the compute agent's report",
     )
     p.add_argument(
+        "--proxy-url",
+        metavar="URL",
+        help="with --via nova: reach nova-novncproxy at http(s)://HOST[:PORT] instead of the "
+        "host in Nova's console URL (Nova's token is kept)",
+    )
+    p.add_argument(
         "--listen",
         metavar="ADDR:PORT",
         help="where the bridge (or --vnc port) listens (default 127.0.0.1, any free port)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
-        "--browser", action="store_true", help="print and open noVNC's URL (the default)"
+        "--browser",
+        action="store_true",
+        help="open noVNC in a browser, or print its one-time URL where none can open (the default)",
     )
     mode.add_argument(
-        "--vnc", action="store_true", help="print ADDR:PORT for a VNC client (one connection)"
+        "--url",
+        action="store_true",
+        help="print noVNC's one-time URL for a script; open no browser",
+    )
+    mode.add_argument(
+        "--vnc",
+        action="store_true",
+        help="print ADDR:PORT and a one-time password for a VNC client (one connection)",
     )
     mode.add_argument("--screenshot", metavar="FILE", help="write the current screen as PNG")
     mode.add_argument(
@@ -88,11 +103,17 @@ def run_console_command(args: argparse.Namespace) -> int:
     """Open the console; serve it until the session ends. Exit 0, or 2 with one line."""
     policy = _policy(args)  # a bad option fails before any API call
     listen = parse_listen(args.listen) if args.listen else ("127.0.0.1", 0)
+    if args.proxy_url:
+        if args.via != "nova":
+            raise ConfigError("--proxy-url names nova-novncproxy: it goes with --via nova only")
+        checked_proxy_url(args.proxy_url)
     if args.screenshot:
         return _screenshot(args)
     if args.serial:
         return _serial(args)
-    console = open_route(getattr(args, "os_cloud", None), args.server, args.via)
+    console = open_route(
+        getattr(args, "os_cloud", None), args.server, args.via, proxy_url=args.proxy_url
+    )
     if args.vnc:
         return _serve_vnc(args, console, listen, policy)
     return _serve_browser(args, console, listen, policy)
@@ -101,39 +122,66 @@ def run_console_command(args: argparse.Namespace) -> int:
 def _serve_browser(
     args: argparse.Namespace, console: Console, listen: tuple[str, int], policy: TicketPolicy
 ) -> int:
+    """noVNC through the bridge. A browser we open gets a private file, not the URL;
+    only where none opens (or ``--url`` asks for it) is the one-time URL printed, on
+    stdout alone: it is the product then, and no log line carries it."""
     bridge = ConsoleBridge(listen_host=listen[0], listen_port=listen[1], policy=policy)
     with bridge:
         bridge.add_route(console.route)
-        url = bridge.novnc_url(console.server.id, bridge.issue_ticket(console.server.id))
-        if args.format == "json":
-            emit_json(describe(console, bridge, url=url))
-        else:
-            print(url, flush=True)
-        opened = open_in_browser(url)
-        _say(
-            f"console of {console.server.name} via {console.route.via} ({console.route.where}): "
-            + ("opened in your browser; " if opened else "open the URL above in a browser; ")
-            + f"it is good for one session, first connect within {policy.connect_ttl_s:g} s"
+        server_id = console.server.id
+        opened = False if args.url else open_in_browser(bridge, server_id)
+        url = (
+            None if opened else bridge.launch_url(server_id, bridge.issue_launch_ticket(server_id))
         )
+        if args.format == "json":
+            emit_json(describe(console, bridge, url=url, opened_in_browser=opened))
+        elif url is not None:
+            print(url, flush=True)
+        where = f"console of {console.server.name} via {console.route.via} ({console.route.where})"
+        if opened:
+            _say(
+                f"{where}: opened in your browser; one session, first connect within "
+                f"{policy.connect_ttl_s:g} s"
+            )
+        else:
+            _say(
+                f"{where}: open the URL above in a browser within {policy.connect_ttl_s:g} s; "
+                "it is spent on first load (one session), so do not share it"
+            )
         return _until_done(bridge, policy)
 
 
 def _serve_vnc(
     args: argparse.Namespace, console: Console, listen: tuple[str, int], policy: TicketPolicy
 ) -> int:
+    """A TCP port for an ordinary VNC client, behind a one-time VNC password: printed once
+    on stdout (the product: the person types it into the client), never logged."""
+    from novaconsole.vnc.vncauth import new_password
+
     bridge = ConsoleBridge(listen_host=listen[0], policy=policy)
     try:
         bridge.add_route(console.route)
-        host, port = bridge.open_vnc_port(console.server.id, listen[1])
+        password = new_password()
+        host, port = bridge.open_vnc_port(console.server.id, listen[1], password=password)
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if args.format == "json":
-            emit_json(describe(console, None, vnc=shown, ticket_ttl_s=policy.connect_ttl_s))
+            emit_json(
+                describe(
+                    console,
+                    None,
+                    vnc=shown,
+                    vnc_password=password,
+                    ticket_ttl_s=policy.connect_ttl_s,
+                )
+            )
         else:
             print(shown, flush=True)
+            print(f"password {password}", flush=True)
         _say(
             f"console of {console.server.name} via {console.route.via} ({console.route.where}): "
-            f"point a VNC client at {shown}; it takes one connection within "
-            f"{policy.connect_ttl_s:g} s"
+            f"point a VNC client at {shown} with the password above; it takes one "
+            f"connection within {policy.connect_ttl_s:g} s and closes after "
+            f"{MAX_VNC_AUTH_FAILURES} wrong answers"
         )
         return _until_done(bridge, policy)
     finally:
@@ -155,7 +203,13 @@ def _screenshot(args: argparse.Namespace) -> int:
     from novaconsole.vnc.png import write_png
     from novaconsole.vnc.session import RfbSession
 
-    console = open_route(getattr(args, "os_cloud", None), args.server, args.via, check=False)
+    console = open_route(
+        getattr(args, "os_cloud", None),
+        args.server,
+        args.via,
+        check=False,
+        proxy_url=args.proxy_url,
+    )
     session = RfbSession(
         PeerTransport(console.route.open(SCREENSHOT_TIMEOUT_S), SCREENSHOT_TIMEOUT_S),
         console.route.where,

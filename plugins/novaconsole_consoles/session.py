@@ -36,7 +36,14 @@ def _quiet_sdk_logs() -> None:
         logging.getLogger(name).addHandler(logging.NullHandler())
 
 
-def open_route(cloud: str | None, server: str, via: str = "nova", *, check: bool = True) -> Console:
+def open_route(
+    cloud: str | None,
+    server: str,
+    via: str = "nova",
+    *,
+    check: bool = True,
+    proxy_url: str | None = None,
+) -> Console:
     """Connect to ``cloud``, find ``server`` (name or ID), build the route and (unless the
     caller's own session checks it at once) complete one RFB handshake over it."""
     from novaconsole.cloud import connect, default_cloud_name, describe_failure
@@ -52,7 +59,7 @@ def open_route(cloud: str | None, server: str, via: str = "nova", *, check: bool
     except Exception as exc:
         raise describe_failure(exc, f"cloud {label!r}") from exc
     info = find_server(conn, server, name or label)
-    route = make_route(via, conn, info)
+    route = make_route(via, conn, info, proxy_url=proxy_url)
     handshake = route.check(PREFLIGHT_TIMEOUT_S) if check else None
     return Console(name or label, info, route, handshake)
 
@@ -73,18 +80,21 @@ def graphical_browser_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def open_in_browser(url: str) -> bool:
-    """Open ``url`` in a graphical browser if there is one; True if one was started.
+def open_in_browser(bridge: ConsoleBridge, server_id: str) -> bool:
+    """Open ``server_id``'s console in a graphical browser if there is one; True if one
+    was started.
 
-    The one-time ticket travels in the browser's arguments; it is spent by the page's
-    first connection, so a copy read from the process table opens nothing.
+    The browser is given the path of a private file (:meth:`ConsoleBridge.launch_file`)
+    that posts a launch ticket, never a URL with a ticket: a browser's arguments are
+    readable by every user of the machine (``/proc/PID/cmdline``) for as long as it runs.
     """
     if not graphical_browser_available():
         return False
     import webbrowser
 
+    path = bridge.launch_file(server_id)
     try:
-        return bool(webbrowser.open(url, new=1))
+        return bool(webbrowser.open(path.as_uri(), new=1))
     except webbrowser.Error:
         return False
 
@@ -128,13 +138,14 @@ def tui_bridge() -> ConsoleBridge:
 
 
 def open_console_url(server_id: str, cloud: str | None, via: str = "nova") -> str:
-    """Route ``server_id`` through the process's bridge; its noVNC URL with a ticket."""
+    """Route ``server_id`` through the process's bridge and open it in a browser if there
+    is one (then the answer holds no ticket); else its one-time launch URL to show."""
     console = open_route(cloud, server_id, via)
     bridge = tui_bridge()
     bridge.add_route(console.route)
-    url = bridge.novnc_url(console.server.id, bridge.issue_ticket(console.server.id))
-    open_in_browser(url)
-    return url
+    if open_in_browser(bridge, console.server.id):
+        return f"opened in your browser (bridge {bridge.address[0]}:{bridge.address[1]})"
+    return bridge.launch_url(console.server.id, bridge.issue_launch_ticket(console.server.id))
 
 
 def describe(console: Console, bridge: ConsoleBridge | None, **extra: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,22 @@ AppFactory = Callable[..., NovaConsoleApp]
 
 def frozen_clock() -> datetime:
     return FROZEN_NOW
+
+
+async def wait_until(
+    pilot: Pilot[Any], ready: Callable[[], object], what: str, seconds: float = 30.0
+) -> None:
+    """Let the app run until ``ready()`` is true, for at most ``seconds`` of wall time.
+
+    A readiness wait with a deadline, not a timing assertion: the reader threads of the
+    console tests run at the machine's pace (a loaded CI box with a lab beside it), so the
+    wait counts seconds, not event-loop turns.
+    """
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds:g} s: {what}")
+        await pilot.pause(0.02)
 
 
 async def settle(pilot: Pilot[Any]) -> None:

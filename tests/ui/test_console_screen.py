@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_helpers import AppFactory, settle
+from console_helpers import AppFactory, settle, wait_until
 from fake_rfb import FakeRfbOpener, FakeSerialOpener
 from fake_source import FakeCloudSource
 from textual.pilot import Pilot
@@ -40,23 +40,25 @@ async def open_console(pilot: Pilot[Any], opener: FakeRfbOpener) -> ConsoleScree
     app = pilot.app
     await settle(pilot)
     await pilot.press("5", "c")
-    for _ in range(400):
-        await pilot.pause()
+
+    def drawn() -> bool:
         screen = app.screen
-        if (
-            isinstance(screen, ConsoleScreen)
-            and opener.transports
+        if not isinstance(screen, ConsoleScreen):
+            return False
+        return screen.state == "failed" or bool(
+            opener.transports
             and opener.transports[-1].drained.is_set()
             and not screen._frame_pending
             and screen.frames_drawn
             and screen.session is not None
             and screen.session.client.framebuffer.dirty == []
-        ):
-            await pilot.pause()
-            return screen
-        if isinstance(screen, ConsoleScreen) and screen.state == "failed":
-            return screen
-    raise AssertionError("the console screen never drew the recording")
+        )
+
+    await wait_until(pilot, drawn, "the console screen drew the recording")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, ConsoleScreen)
+    return screen
 
 
 def _app(fake_app: AppFactory, tmp_path: Path, **kw: Any) -> tuple[NovaConsoleApp, FakeRfbOpener]:
@@ -100,10 +102,7 @@ async def test_keys_reach_the_guest_as_scancodes(fake_app: AppFactory, tmp_path:
         transport = opener.transports[-1]
         # q, colon and ctrl+c would be the app's keys; here they are the guest's.
         await pilot.press("l", "S", "q", "colon", "ctrl+c", "enter", "up", "f2")
-        for _ in range(100):
-            await pilot.pause()
-            if len(transport.key_events()) >= 20:
-                break
+        await wait_until(pilot, lambda: len(transport.key_events()) >= 20, "20 key events sent")
         assert app.screen is screen  # still here: q did not quit
         events = transport.key_events()
         downs = [(keysym, scancode) for down, keysym, scancode in events if down]
@@ -133,11 +132,7 @@ async def test_escape_key_leaves_and_closes_the_session(
         await settle(pilot)
         assert not isinstance(app.screen, ConsoleScreen)
         assert app.active_pane_name == "servers"
-        for _ in range(100):
-            if session.closed:
-                break
-            await pilot.pause()
-        assert session.closed
+        await wait_until(pilot, lambda: session.closed, "the session closed")
 
 
 @pytest.mark.asyncio
@@ -153,10 +148,7 @@ async def test_ctrl_alt_del_asks_first(fake_app: AppFactory, tmp_path: Path) -> 
         await settle(pilot)
         assert transport.key_events() == []
         await pilot.press("ctrl+backslash", "y")
-        for _ in range(100):
-            await pilot.pause()
-            if transport.key_events():
-                break
+        await wait_until(pilot, transport.key_events, "Ctrl-Alt-Del sent")
         delete = NAMED_KEYS["delete"]
         assert transport.key_events() == [
             (1, CONTROL.keysym, CONTROL.scancode),
@@ -259,11 +251,7 @@ async def test_the_proxy_hanging_up_is_shown_not_hidden(
         await pilot.press("5", "c")
         screen = app.screen
         assert isinstance(screen, ConsoleScreen)
-        for _ in range(400):
-            await pilot.pause()
-            if screen.state == "ended":
-                break
-        assert screen.state == "ended"
+        await wait_until(pilot, lambda: screen.state == "ended", "the screen showed the end")
         status = str(screen.query_one("#console-status").render())
         assert "fake console proxy closed the connection (close frame 1000 Target closed)" in status
         await pilot.press("a")  # keys after the end go nowhere, quietly
@@ -277,15 +265,21 @@ async def open_serial(pilot: Pilot[Any], opener: FakeSerialOpener) -> SerialScre
     app = pilot.app
     await settle(pilot)
     await pilot.press("5", "S")
-    for _ in range(400):
-        await pilot.pause()
+
+    def shown() -> bool:
         screen = app.screen
-        if isinstance(screen, SerialScreen) and opener.transports:
-            transport = opener.transports[-1]
-            if transport.drained.is_set() and not screen._pending:
-                await pilot.pause()
-                return screen
-    raise AssertionError("the serial screen never showed the recording")
+        return bool(
+            isinstance(screen, SerialScreen)
+            and opener.transports
+            and opener.transports[-1].drained.is_set()
+            and not screen._pending
+        )
+
+    await wait_until(pilot, shown, "the serial screen showed the recording")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, SerialScreen)
+    return screen
 
 
 @pytest.mark.asyncio
@@ -302,10 +296,7 @@ async def test_serial_screen_emulates_the_terminal_and_sends_keys(fake_app: AppF
         assert "/ # " in text
         assert "\x1b" not in text  # escape sequences interpreted, not shown
         await pilot.press(*"uname", "enter", "ctrl+c", "up", "q")
-        for _ in range(100):
-            await pilot.pause()
-            if len(opener.transports[-1].sent) >= 10:
-                break
+        await wait_until(pilot, lambda: len(opener.transports[-1].sent) >= 10, "10 bytes sent")
         assert bytes(opener.transports[-1].sent) == b"uname\r\x03\x1b[Aq"
         assert app.screen is screen
         await pilot.press("ctrl+right_square_bracket")

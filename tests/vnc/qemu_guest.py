@@ -47,14 +47,22 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
 
 
 @contextmanager
-def seabios_guest(name: str = "rfb-test", *, boot_menu: bool = True) -> Iterator[int]:
+def seabios_guest(
+    name: str = "rfb-test", *, boot_menu: bool = True, vnc_password_file: str | None = None
+) -> Iterator[int]:
     """Run the guest; yields its VNC port on 127.0.0.1. Killed on exit.
 
     Without the boot menu SeaBIOS goes straight to "No bootable device." (the lab's
-    blank image shows the same).
+    blank image shows the same). With ``vnc_password_file`` QEMU's VNC server asks for
+    VNC Authentication with the password in that file (a QEMU secret object).
     """
     assert QEMU is not None
     display = free_vnc_display()
+    vnc = f"127.0.0.1:{display}"
+    secret: list[str] = []
+    if vnc_password_file is not None:
+        secret = ["-object", f"secret,id=vncpw,file={vnc_password_file}"]
+        vnc += ",password-secret=vncpw"
     proc = subprocess.Popen(
         [
             QEMU,
@@ -62,7 +70,8 @@ def seabios_guest(name: str = "rfb-test", *, boot_menu: bool = True) -> Iterator
             "-display", "none", "-nodefaults", "-vga", "std", "-net", "none",
             *(["-boot", "menu=on,splash-time=60000"] if boot_menu else []),
             "-name", f"guest={name}",
-            "-vnc", f"127.0.0.1:{display}",
+            *secret,
+            "-vnc", vnc,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

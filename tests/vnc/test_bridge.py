@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import websocket
@@ -35,6 +36,7 @@ from novaconsole.vnc.tickets import (
     TicketStore,
     ticket_digest,
 )
+from novaconsole.vnc.vncauth import new_password
 
 __all__ = ["qemu_vnc_port", "rfb_peers"]  # fixtures used by name below
 
@@ -268,7 +270,7 @@ def test_no_origin_is_a_non_browser_client(bridge: Bridge) -> None:
 
 
 def test_double_slash_paths_are_400(bridge: Bridge) -> None:
-    head = _raw(bridge.port, "GET //evil.example/%2e%2e HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = _raw(bridge.port, "GET //evil.example/%2e%2e HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     head = _raw_upgrade(bridge.port, f"//websockify/{SERVER}?token={bridge.ticket()}")
     assert head.startswith(b"HTTP/1.1 400")
@@ -280,17 +282,132 @@ def test_unknown_server_and_path_are_404(bridge: Bridge) -> None:
 
 
 def test_novnc_page_is_served_without_listing(bridge: Bridge) -> None:
-    head = _raw(bridge.port, "GET /vnc_lite.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = _raw(bridge.port, "GET /vnc_lite.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"Referrer-Policy: no-referrer" in head
-    assert _raw(bridge.port, "GET /core/ HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 404")
+    assert _raw(bridge.port, "GET /core/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(
+        b"HTTP/1.1 404"
+    )
     url = bridge.bridge.novnc_url(SERVER, "T")
     assert url.endswith(f"/vnc_lite.html?autoconnect=true&path=websockify%2F{SERVER}%3Ftoken%3DT")
 
 
+def _launch_head(port: int, path: str, host: str = "127.0.0.1") -> bytes:
+    return _raw(port, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n")
+
+
+def _header(head: bytes, name: str) -> str:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    raise AssertionError(f"no {name} header in {head!r}")
+
+
+def test_launch_url_is_spent_on_first_load_for_a_cookie(bridge: Bridge) -> None:
+    b = bridge.bridge
+    launch = b.issue_launch_ticket(SERVER)
+    bridge.issued.append(launch)
+    url = b.launch_url(SERVER, launch)
+    assert url == f"http://127.0.0.1:{bridge.port}/launch/{SERVER}?ticket={launch}"
+    path = url.partition(f":{bridge.port}")[2]
+    head = _launch_head(bridge.port, path)
+    assert head.startswith(b"HTTP/1.1 303")
+    # The page the browser goes on to holds no secret; the cookie does, for the
+    # websocket's path only, unreadable by scripts, never sent cross-site.
+    location = _header(head, "Location")
+    assert location == f"/vnc_lite.html?autoconnect=true&path=websockify%2F{SERVER}"
+    cookie = _header(head, "Set-Cookie")
+    name, _, rest = cookie.partition("=")
+    assert name == f"novaconsole_ticket_{bridge.port}"
+    websocket_ticket, _, attributes = rest.partition(";")
+    bridge.issued.append(websocket_ticket)
+    assert websocket_ticket != launch
+    assert f"Path=/websockify/{SERVER}" in attributes
+    assert "HttpOnly" in attributes
+    assert "SameSite=Strict" in attributes
+    # The launch URL a second time (a copy from argv, history, a terminal) opens nothing.
+    assert _launch_head(bridge.port, path).startswith(b"HTTP/1.1 403 ticket already used")
+    # A launch ticket is not a websocket ticket.
+    with pytest.raises(ProbeError, match="HTTP 403 ticket is for another server"):
+        probe_console(b.websocket_url(SERVER, b.issue_launch_ticket(SERVER)), timeout=10)
+    # The cookie opens the session, once.
+    header = [f"Cookie: other=1; {name}={websocket_ticket}"]
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{bridge.port}/websockify/{SERVER}",
+        timeout=10,
+        subprotocols=["binary"],
+        header=header,
+    )
+    try:
+        assert ws.recv() == b"RFB 003.008\n"
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException, match="403"):
+        websocket.create_connection(
+            f"ws://127.0.0.1:{bridge.port}/websockify/{SERVER}", timeout=10, header=header
+        )
+
+
+def test_launch_form_post_and_file(bridge: Bridge, tmp_path: Path) -> None:
+    b = bridge.bridge
+    page = b.launch_file(SERVER, directory=tmp_path)
+    assert page.parent.parent == tmp_path
+    assert page.stat().st_mode & 0o777 == 0o600
+    assert page.parent.stat().st_mode & 0o777 == 0o700
+    text = page.read_text()
+    ticket = text.partition("name='ticket' value='")[2].partition("'")[0]
+    bridge.issued.append(ticket)
+    assert len(ticket) >= 43
+    assert f"action='http://127.0.0.1:{bridge.port}/launch/{SERVER}'" in text
+    body = f"ticket={ticket}"
+    head = _raw(
+        bridge.port,
+        f"POST /launch/{SERVER} HTTP/1.1\r\nHost: 127.0.0.1:{bridge.port}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}",
+    )
+    assert head.startswith(b"HTTP/1.1 303")
+    bridge.issued.append(_header(head, "Set-Cookie").partition("=")[2].partition(";")[0])
+    # Spent: the file that held it is gone with its directory.
+    assert not page.exists()
+    assert not page.parent.exists()
+    # Closing the bridge removes files whose ticket was never used.
+    unused = b.launch_file(SERVER, directory=tmp_path)
+    b.close()
+    assert not unused.exists()
+
+
+def test_host_header_must_name_the_bridge(bridge: Bridge) -> None:
+    """DNS rebinding: a page of rebind.example re-pointed at 127.0.0.1 sends its own name."""
+    ticket = bridge.ticket()
+    port = bridge.port
+    for request in (
+        f"GET /vnc_lite.html HTTP/1.1\r\nHost: rebind.example:{port}\r\n\r\n",
+        f"GET /launch/{SERVER}?ticket=x HTTP/1.1\r\nHost: rebind.example\r\n\r\n",
+        "GET /vnc_lite.html HTTP/1.1\r\n\r\n",
+    ):
+        assert _raw(port, request).startswith(b"HTTP/1.1 403")
+    head = _raw(
+        port,
+        f"GET /websockify/{SERVER}?token={ticket} HTTP/1.1\r\n"
+        f"Host: rebind.example:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: http://rebind.example:{port}\r\n\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 403 Host header names 'rebind.example', not this bridge")
+    # Refused before the ticket was looked at: it still opens the session.
+    assert probe_console(bridge.url(ticket=ticket), timeout=10).handshake
+    for host in ("localhost", "127.0.0.1", "[::1]"):
+        assert _launch_head(port, "/vnc_lite.html", host).startswith(b"HTTP/1.1 200"), host
+    named = ConsoleBridge(allowed_hosts=["Console.Example"])
+    assert named.host_refusal("console.example:6080") is None
+    assert named.host_refusal("other.example") is not None
+
+
 def test_request_lines_are_logged_without_query(bridge: Bridge) -> None:
     ticket = bridge.ticket()
-    _raw(bridge.port, f"GET /vnc_lite.html?token={ticket} HTTP/1.1\r\nHost: x\r\n\r\n")
+    _raw(bridge.port, f"GET /vnc_lite.html?token={ticket} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     # A malformed request line is logged by http.server with the whole line.
     _raw(bridge.port, f"GET /x?token={ticket} HTTP/9.9\r\n\r\n")
     probe_console(bridge.url(ticket=ticket), timeout=10)
@@ -354,6 +471,62 @@ def test_vnc_port_takes_one_client(bridge: Bridge) -> None:
         probe_vnc_server(host, port, timeout=10)
     bridge.bridge.wait_until_idle()
     assert [s.client for s in bridge.bridge.sessions] == ["vnc"]
+
+
+def test_vnc_auth_response_is_what_qemu_checks(tmp_path: Path) -> None:
+    """Our DES answer (the bridge checks clients with the same function) against QEMU's
+    own VNC server asking for a password."""
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    secret = tmp_path / "vnc-password"
+    secret.write_text("Zq7pWx3k")
+    with seabios_guest("bridge-test-vncauth", vnc_password_file=str(secret)) as port:
+        hs = probe_vnc_server("127.0.0.1", port, timeout=10, password="Zq7pWx3k")
+        assert hs.security_type == 2
+        assert hs.name == "QEMU (bridge-test-vncauth)"
+        with pytest.raises(ProbeError, match="SecurityResult 1"):
+            probe_vnc_server("127.0.0.1", port, timeout=10, password="wrong123")
+
+
+def test_vnc_port_with_a_password_serves_the_client_that_knows_it(
+    bridge: Bridge, rfb_peers: RfbPeers
+) -> None:
+    password = new_password()
+    assert len(password) == 8
+    host, port = bridge.bridge.open_vnc_port(SERVER, password=password)
+    before = len(rfb_peers.seen.get("rfb38", []))
+    # A client without the password (security None only) is told so and nothing reaches
+    # the VNC server; then a wrong password; then the right one gets the console.
+    with pytest.raises(ProbeError, match="requires authentication"):
+        probe_vnc_server(host, port, timeout=10)
+    with pytest.raises(ProbeError, match=r"SecurityResult 1.*wrong password"):
+        probe_vnc_server(host, port, timeout=10, password="not-it")
+    assert len(rfb_peers.seen.get("rfb38", [])) == before
+    hs = probe_vnc_server(host, port, timeout=10, password=password)
+    assert hs.name == "instance-00000001"  # the upstream's ServerInit, handed on
+    assert hs.security_type == 2
+    with pytest.raises(ProbeError, match="Connection refused"):
+        probe_vnc_server(host, port, timeout=10, password=password)
+    bridge.bridge.wait_until_idle()
+    assert [s.client for s in bridge.bridge.sessions] == ["vnc"]
+    assert password not in "\n".join(bridge.log.lines)
+    assert "VNC port refused a client: wrong VNC password (2 of 3)" in "\n".join(bridge.log.lines)
+
+
+def test_vnc_port_closes_after_three_wrong_answers(bridge: Bridge) -> None:
+    host, port = bridge.bridge.open_vnc_port(SERVER, password=new_password())
+    for _ in range(3):
+        with pytest.raises(ProbeError, match="wrong password"):
+            probe_vnc_server(host, port, timeout=10, password="guess")
+    deadline = time.monotonic() + 5
+    while True:  # the listener closes right after the third answer
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "the VNC port still listens"
+        time.sleep(0.05)
+    assert bridge.bridge.sessions == []
 
 
 def test_taken_port_is_one_line(rfb_peers: RfbPeers) -> None:

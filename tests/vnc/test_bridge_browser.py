@@ -83,3 +83,28 @@ def test_novnc_in_chromium_shows_the_guest_and_types_into_it(guest_port: int) ->
         assert wait_novnc_connected(driver) == "Something went wrong, connection is closed"
         assert [s.client for s in bridge.sessions] == ["websocket"]
         assert text_rows(direct.snapshot())[:3] == [0, 2, 4]
+
+
+def test_chromium_opened_with_the_launch_file(guest_port: int, tmp_path: object) -> None:
+    """What `console --browser` gives a browser: a private file's path, no ticket in argv.
+
+    The file posts its launch ticket; the bridge answers with the websocket ticket in a
+    cookie and sends the browser on to noVNC's page, whose URL holds no secret.
+    """
+    from pathlib import Path
+
+    with ConsoleBridge() as bridge, headless_chromium() as driver:
+        bridge.add_route(TcpRoute(SERVER, "127.0.0.1", guest_port))
+        page = bridge.launch_file(SERVER, directory=Path(str(tmp_path)))
+        driver.get(page.as_uri())
+        status = wait_novnc_connected(driver)
+        assert status.startswith("Connected"), status
+        assert driver.current_url == (
+            f"http://127.0.0.1:{bridge.address[1]}"
+            f"/vnc_lite.html?autoconnect=true&path=websockify%2F{SERVER}"
+        )
+        assert not page.exists()  # spent, so removed
+        assert [s.client for s in bridge.sessions] == ["websocket"]
+        # Reloading the page has no ticket left to present: refused before the upgrade.
+        driver.refresh()
+        assert wait_novnc_connected(driver) == "Something went wrong, connection is closed"

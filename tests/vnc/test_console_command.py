@@ -33,6 +33,23 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
             "novaconsole: error: --serial goes through nova-serialproxy only (--via nova)",
         ),
         (
+            ("console", "srv", "--proxy-url", "ftp://h:1"),
+            "novaconsole: error: --proxy-url 'ftp://h:1': expected http(s)://HOST[:PORT]",
+        ),
+        (
+            ("console", "srv", "--proxy-url", "http://h:99999"),
+            "novaconsole: error: --proxy-url 'http://h:99999': expected http(s)://HOST[:PORT]",
+        ),
+        (
+            ("console", "srv", "--via", "direct", "--proxy-url", "http://h:6080"),
+            "novaconsole: error: --proxy-url names nova-novncproxy: it goes with --via nova only",
+        ),
+        (
+            ("console", "srv", "--url", "--vnc"),
+            "novaconsole: error: novaconsole console: argument --vnc: not allowed with "
+            "argument --url",
+        ),
+        (
             ("console", "srv", "--vnc", "--browser"),
             "novaconsole: error: novaconsole console: argument --browser: not allowed with "
             "argument --vnc",
@@ -56,3 +73,12 @@ def test_verify_has_a_console_option(capsys: pytest.CaptureFixture[str]) -> None
 def test_plugins_lists_the_consoles_plugin(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins", "-f", "json"]) == 0
     assert '"name": "consoles"' in capsys.readouterr().out
+
+
+def test_proxy_url_keeps_nova_s_path_and_token() -> None:
+    from novaconsole.vnc.routes import _on_proxy
+
+    nova = "http://controller:6080/vnc_lite.html?path=%3Ftoken%3Dabc"
+    assert _on_proxy(nova, "https://10.0.0.5:443") == (
+        "https://10.0.0.5:443/vnc_lite.html?path=%3Ftoken%3Dabc"
+    )
