@@ -29,7 +29,7 @@ from novaconsole.errors import ConfigError
 from novaconsole.sources.base import CloudSource
 from novaconsole.ui.format import age
 from novaconsole.ui.pane import ResourcePane
-from novaconsole.ui.table import Column, prepare_table
+from novaconsole.ui.table import Column, TableData, update_table
 
 
 class AgentsChanged(Message):
@@ -71,6 +71,10 @@ def _libvirt(state: AgentState) -> str:
     if state.libvirt == "disconnected" and state.libvirt_error:
         return f"disconnected: {state.libvirt_error}"
     return state.libvirt
+
+
+def _whole_seconds(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _seq(state: AgentState) -> str:
@@ -138,6 +142,11 @@ def rebuild_rows(pane: ResourcePane, rows: Callable[[], Sequence[Any]]) -> None:
     Posted as a non-final ``Loaded`` of the pane's current generation: the table keeps its
     filter, sort and cursor, and the "refreshed" time stays that of the last poll.
 
+    Only what changed is redone: cells whose values are those of the last live update are
+    reused (:func:`update_table`), and nothing is posted when no cell, order or style
+    changed while the table still shows that update (the 1 s tick over agents that are
+    all silent, say), so the UI thread does no work for it.
+
     Single-flight per pane: while a rebuild runs, newer requests only replace one pending
     request, which the running worker picks up when done. (A thread worker cannot be
     cancelled, so "exclusive" workers would pile up on a loaded machine and starve the UI
@@ -149,14 +158,24 @@ def rebuild_rows(pane: ResourcePane, rows: Callable[[], Sequence[Any]]) -> None:
             return
         pane._live_busy = True  # type: ignore[attr-defined]
         pane._live_again = None  # type: ignore[attr-defined]
+    table = pane.table  # looked up here: a worker thread must not query the DOM
 
     def work() -> None:
         current: Callable[[], Sequence[Any]] | None = rows
         try:
             while current is not None:
                 generation, columns = pane.generation, list(pane.columns)
-                data = prepare_table(columns, current(), pane.row_id, pane.row_style)
-                pane.post_message(ResourcePane.Loaded(pane, generation, data, pane.clock(), False))
+                last: TableData | None = getattr(pane, "_live_last", None)
+                if last is not None and (
+                    getattr(pane, "_live_generation", None) != generation or table.data is not last
+                ):
+                    last = None  # a poll or another cloud since: compare with nothing
+                data, changed = update_table(last, columns, current(), pane.row_id, pane.row_style)
+                pane._live_last, pane._live_generation = data, generation  # type: ignore[attr-defined]
+                if changed:
+                    pane.post_message(
+                        ResourcePane.Loaded(pane, generation, data, pane.clock(), False)
+                    )
                 with _LIVE_LOCK:
                     current, pane._live_again = pane._live_again, None  # type: ignore[attr-defined]
                     if current is None:
@@ -182,7 +201,9 @@ class AgentsPane(AgentPaneBase):
             Column("nova_host", "Nova host", lambda r: r.state.nova_host),
             Column("version", "Version", lambda r: r.state.version),
             Column(
-                "heartbeat", "Heartbeat", lambda r: r.state.heartbeat_age,
+                # Whole seconds, as shown: a live update then re-formats a row's age
+                # only when its text changes.
+                "heartbeat", "Heartbeat", lambda r: _whole_seconds(r.state.heartbeat_age),
                 lambda v: age(v) + " ago" if isinstance(v, int | float) else "never",
                 numeric=True,
             ),

@@ -324,7 +324,8 @@ class ResourcePane(Vertical):
         status = next(iter(self.query(PaneStatus)), None)
         if status is None:  # a timer's last tick while the app closes and removes it
             return
-        status.update(self._status_text())
+        # One line, as wide as the pane whatever it says: no layout pass (one per keystroke).
+        status.update(self._status_text(), layout=False)
         status.set_class(self.error is not None, "-error")
 
     # -- actions -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -79,6 +79,9 @@ class TableData:
     haystacks: list[str] = field(default_factory=list)
     styles: list[str | None] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
+    #: Each row's column values (and sort values), kept only by :func:`update_table` so
+    #: the next update can tell which cells changed.
+    values: list[tuple[object, ...]] = field(default_factory=list)
 
 
 def prepare_table(
@@ -109,6 +112,94 @@ def prepare_table(
                 widths[i] = len(text)
     data.widths = [min(w, c.max_width) for w, c in zip(widths, columns, strict=True)]
     return data
+
+
+def update_table(
+    previous: TableData | None,
+    columns: Sequence[Column],
+    rows: Sequence[Any],
+    row_id: Callable[[Any], str],
+    row_style: Callable[[Any], str | None] = lambda row: None,
+) -> tuple[TableData, bool]:
+    """:func:`prepare_table` for live updates: only the cells whose values changed since
+    ``previous`` (an earlier result of this function) are formatted again.
+
+    Returns the data and whether it differs from ``previous`` in anything the table shows
+    (rows, order, texts, sort keys, styles); a caller may then skip posting it. The
+    values are compared, so a row object may be new while its cells are reused.
+    """
+    old: dict[str, int] = {}
+    if previous is not None and previous.values and list(previous.columns) == list(columns):
+        old = {rid: i for i, rid in enumerate(previous.ids)}
+    sorts = [c.sort for c in columns]
+    count = len(columns)
+    data = TableData(columns=columns)
+    changed = previous is None or len(rows) != len(previous.ids)
+    for position, row in enumerate(rows):
+        rid = row_id(row)
+        values = tuple(c.value(row) for c in columns) + tuple(
+            sort(row) for sort in sorts if sort is not None
+        )
+        style = row_style(row)
+        j = old.get(rid)
+        if j is not None and previous is not None and previous.values[j] == values:
+            texts, keys, haystack = previous.texts[j], previous.sort_keys[j], previous.haystacks[j]
+            if j != position or previous.styles[j] != style:
+                changed = True
+        else:
+            changed = True
+            sort_values = iter(values[count:])
+            if j is not None and previous is not None:
+                was, old_texts, old_keys = (
+                    previous.values[j],
+                    previous.texts[j],
+                    previous.sort_keys[j],
+                )
+                # Sort values sit after the column values: a changed one redoes its key.
+                same_sorts = was[count:] == values[count:]
+            else:
+                was, old_texts, old_keys, same_sorts = (), (), (), False
+            text_list, key_list = [], []
+            for i, column in enumerate(columns):
+                sort_value = next(sort_values) if column.sort is not None else values[i]
+                if was and was[i] == values[i] and (column.sort is None or same_sorts):
+                    text_list.append(old_texts[i])
+                    key_list.append(old_keys[i])
+                else:
+                    text_list.append(column.format(values[i]))
+                    key_list.append(_sort_key(sort_value))
+            texts, keys = tuple(text_list), tuple(key_list)
+            haystack = "\t".join(texts).lower()
+        data.rows.append(row)
+        data.ids.append(rid)
+        data.texts.append(texts)
+        data.sort_keys.append(keys)
+        data.haystacks.append(haystack)
+        data.styles.append(style)
+        data.values.append(values)
+    widths = [len(c.title) + 2 for c in columns]
+    for texts in data.texts:
+        for i, text in enumerate(texts):
+            if len(text) > widths[i]:
+                widths[i] = len(text)
+    data.widths = [min(w, c.max_width) for w, c in zip(widths, columns, strict=True)]
+    return data, changed
+
+
+@dataclass(frozen=True, slots=True)
+class _Paint:
+    """What every line of one paint shares: asked of Textual once, not once per line.
+
+    (``rich_style`` walks every ancestor's styles; per line it was most of a repaint.)
+    """
+
+    width: int
+    scroll_x: int
+    scroll_y: int
+    base: Style
+    header: Style
+    cursor: Style
+    rows: dict[str, Style]
 
 
 def _fit(text: str, width: int, right: bool) -> str:
@@ -197,6 +288,9 @@ class ResourceTable(ScrollView, can_focus=True):
         self.group_column = group_column
         self.empty_text = empty_text
         self._lines: dict[int, str] = {}
+        #: Styles and geometry for the lines of one paint (see :meth:`render_lines`).
+        self._paint: _Paint | None = None
+        self._sizes: tuple[Size, Size, Size] | None = None
 
     # -- data --------------------------------------------------------------------------
 
@@ -218,16 +312,18 @@ class ResourceTable(ScrollView, can_focus=True):
     def set_data(self, data: TableData) -> None:
         """Show new rows, keeping the filter, the sort and the cursor's row."""
         current = self.data.ids[self.shown[self.cursor]] if self.current_row is not None else None
+        before = self._on_screen()
         self.data = data
-        self._recompute(keep_id=current)
+        self._recompute(keep_id=current, before=before)
 
     def set_filter(self, row_filter: RowFilter | None) -> None:
         previous, self.row_filter = self.row_filter, row_filter
+        before = self._on_screen()
         if row_filter is not None and row_filter.narrows(previous):
             # Typing on: only the rows shown now can still match (same order, same sort).
-            self._show(row_filter.select(self.data.haystacks, self.shown), keep_id=None)
+            self._show(row_filter.select(self.data.haystacks, self.shown), None, before)
         else:
-            self._recompute(keep_id=None)
+            self._recompute(keep_id=None, before=before)
 
     def sort_by(self, column: int | None, reverse: bool = False) -> None:
         self.sort_column = column
@@ -236,7 +332,7 @@ class ResourceTable(ScrollView, can_focus=True):
         self._recompute(keep_id=current)
         self.post_message(self.SortChanged())
 
-    def _recompute(self, keep_id: str | None) -> None:
+    def _recompute(self, keep_id: str | None, before: object = None) -> None:
         indices = list(range(len(self.data.rows)))
         if self.sort_column is not None:
             col = self.sort_column
@@ -244,9 +340,22 @@ class ResourceTable(ScrollView, can_focus=True):
             indices.sort(key=lambda i: keys[i][col], reverse=self.sort_reverse)
         if self.row_filter is not None:
             indices = self.row_filter.select(self.data.haystacks, indices)
-        self._show(indices, keep_id)
+        self._show(indices, keep_id, before)
 
-    def _show(self, indices: list[int], keep_id: str | None) -> None:
+    def _on_screen(self) -> tuple[object, ...]:
+        """What the visible lines show: scroll, cursor, widths, and each row's cells."""
+        top = self.scroll_offset.y
+        height = max(1, self.scrollable_content_region.height)
+        data = self.data
+        # The row above the window too: a grouped column blanks against it.
+        window = self.shown[max(0, top - 1) : top + height]
+        rows = [(data.texts[i], data.styles[i]) for i in window]
+        return (top, self.scroll_offset.x, self.cursor, self.empty_text, data.columns,
+                data.widths, rows)  # fmt: skip
+
+    def _show(self, indices: list[int], keep_id: str | None, before: object = None) -> None:
+        """Show ``indices``; ``before`` (from :meth:`_on_screen`) lets a change that leaves
+        every visible line as it was (a filter, rows changing off screen) skip the repaint."""
         self.shown = indices
         self._lines.clear()
         position = 0
@@ -258,10 +367,26 @@ class ResourceTable(ScrollView, can_focus=True):
             self.virtual_size = size
         self.set_reactive(ResourceTable.cursor, max(0, min(position, len(self.shown) - 1)))
         self._scroll_cursor_into_view()
-        self.refresh()
+        if before is None or self._on_screen() != before:
+            # (Typing that narrows 1,000 rows often keeps the first screenful as it was,
+            # and a live update mostly changes rows off screen.)
+            self.refresh()
 
     def _total_width(self) -> int:
         return sum(self.data.widths) + len(GAP) * max(0, len(self.data.widths) - 1)
+
+    def _size_updated(
+        self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True
+    ) -> bool:
+        # Textual's ScrollView compares the compositor's virtual size (the viewport, for a
+        # widget without children) with ours (the rows), so every layout pass anywhere on
+        # the screen (the prompt's input on each keystroke) repaints the scrollbars, the
+        # dearest lines of a frame. Pass it on only when something it uses changed.
+        sizes = (size, self.virtual_size, container_size)
+        if sizes == self._sizes:
+            return False
+        self._sizes = sizes
+        return super()._size_updated(size, virtual_size, container_size, layout)
 
     # -- cursor ------------------------------------------------------------------------
 
@@ -348,30 +473,47 @@ class ResourceTable(ScrollView, can_focus=True):
             self._lines[position] = text
         return text
 
-    def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
-        scroll_x, scroll_y = self.scroll_offset
+    def _paint_styles(self) -> _Paint:
         base = self.rich_style
+        component = self.get_component_rich_style
+        scroll_x, scroll_y = self.scroll_offset
+        return _Paint(
+            width=self.scrollable_content_region.width,
+            scroll_x=scroll_x,
+            scroll_y=scroll_y,
+            base=base,
+            header=base + component("resource-table--header"),
+            cursor=component("resource-table--cursor"),
+            rows={name: base + component(f"resource-table--{name}") for name in ROW_STYLES},
+        )
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # Textual asks for the lines of one paint here, then calls render_line for each.
+        self._paint = self._paint_styles()
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint = None
+
+    def render_line(self, y: int) -> Strip:
+        paint = self._paint or self._paint_styles()
+        width, scroll_x, scroll_y, base = paint.width, paint.scroll_x, paint.scroll_y, paint.base
         if y == 0:
-            style = base + self.get_component_rich_style("resource-table--header")
+            style = pad_style = paint.header
             line = self._header_text()
         else:
             position = scroll_y + y - 1
             if position >= len(self.shown):
                 if position == 0 and y == 1:
-                    muted = base + self.get_component_rich_style("resource-table--muted")
+                    muted = paint.rows["muted"]
                     return Strip([Segment(self.empty_text, muted)]).crop_extend(0, width, base)
                 return Strip.blank(width, base)
             line = self._row_text(position)
-            style = base
             row_style = self.data.styles[self.shown[position]]
-            if row_style:
-                style = style + self.get_component_rich_style(f"resource-table--{row_style}")
+            style = paint.rows.get(row_style, base) if row_style else base
             if position == self.cursor:
-                style = style + self.get_component_rich_style("resource-table--cursor")
-        pad_style = (
-            style if y != 0 else base + self.get_component_rich_style("resource-table--header")
-        )
+                style = style + paint.cursor
+            pad_style = style
         if line.isascii():
             # One cell per character: slice instead of measuring a 200-cell line per paint.
             visible = line[scroll_x : scroll_x + width].ljust(width)

@@ -26,7 +26,7 @@ from novaconsole.sources.rows import ResourceUse
 from novaconsole.ui.commands import CommandError, completions, parse_command
 from novaconsole.ui.filtering import RowFilter
 from novaconsole.ui.settings import ConsoleSettings, load_settings, save_setting
-from novaconsole.ui.table import Column, prepare_table
+from novaconsole.ui.table import Column, prepare_table, update_table
 from novaconsole.ui.themes import (
     builtin_theme_dir,
     load_themes,
@@ -182,6 +182,52 @@ def test_prepare_table_texts_widths_and_sort_keys() -> None:
     assert data.texts == [("b", "10"), ("a", "")]
     assert data.widths == [len("Name") + 2, len("Value") + 2]
     assert data.sort_keys[0][1] < data.sort_keys[1][1]  # values sort before empty cells
+
+
+def _update_columns() -> list[Column]:
+    return [
+        Column("n", "Name", lambda r: r["n"]),
+        Column("v", "Value", lambda r: r["v"], numeric=True),
+        Column("u", "Use", lambda r: f"{r['v']}/100", sort=lambda r: r["v"]),
+    ]
+
+
+def test_update_table_matches_prepare_table_then_reuses_unchanged_cells() -> None:
+    columns = _update_columns()
+    rows: list[dict[str, object]] = [{"n": "b", "v": 10}, {"n": "a", "v": 7}, {"n": "c", "v": None}]
+    first, changed = update_table(None, columns, rows, lambda r: r["n"])
+    full = prepare_table(columns, rows, lambda r: r["n"])
+    assert changed
+    assert (first.texts, first.sort_keys, first.haystacks, first.widths) == (
+        full.texts, full.sort_keys, full.haystacks, full.widths,
+    )  # fmt: skip
+
+    same, changed = update_table(first, columns, [dict(r) for r in rows], lambda r: r["n"])
+    assert not changed
+    assert all(a is b for a, b in zip(same.texts, first.texts, strict=True))
+
+    rows[1] = {"n": "a", "v": 900}
+    moved, changed = update_table(same, columns, rows, lambda r: r["n"])
+    assert changed
+    assert moved.texts[1] == ("a", "900", "900/100")
+    assert moved.sort_keys[1] == (full.sort_keys[1][0], (0, 900), (0, 900))
+    assert moved.texts[0] is first.texts[0]  # the row that did not change is reused
+    assert moved.widths == prepare_table(columns, rows, lambda r: r["n"]).widths
+
+
+def test_update_table_sees_order_and_style_changes() -> None:
+    columns = _update_columns()
+    rows = [{"n": "b", "v": 10}, {"n": "a", "v": 7}]
+    first, _ = update_table(None, columns, rows, lambda r: r["n"])
+    swapped, changed = update_table(first, columns, rows[::-1], lambda r: r["n"])
+    assert changed
+    assert swapped.ids == ["a", "b"]
+    styled, changed = update_table(first, columns, rows, lambda r: r["n"], lambda r: "error")
+    assert changed
+    assert styled.styles == ["error", "error"]
+    fewer, changed = update_table(first, columns, rows[:1], lambda r: r["n"])
+    assert changed
+    assert fewer.ids == ["b"]
 
 
 @pytest.mark.parametrize(
