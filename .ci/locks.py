@@ -66,11 +66,12 @@ def lab_venv_inputs() -> dict[str, list[str]]:
     """Each lab venv's packages, as ``novaconsole/lab/venvs.py`` asks for them (local
     projects, like the SQLite plugin, are not locked: they are part of this repository)."""
     sys.path.insert(0, str(ROOT))
-    from novaconsole.lab.venvs import AGENT_PROJECT, lab_venvs
+    from novaconsole.lab.venvs import AGENT_PROJECT, lab_venvs, on_demand_venvs
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     inputs: dict[str, list[str]] = {}
-    for name, venv in lab_venvs(Path("/nonexistent")).items():
+    root = Path("/nonexistent")
+    for name, venv in {**lab_venvs(root), **on_demand_venvs(root)}.items():
         wanted = [p for p in venv.packages if not p.startswith("/")]
         if AGENT_PROJECT in venv.packages:  # novaconsole[agent] from this checkout
             wanted += project["dependencies"] + project["optional-dependencies"]["agent"]

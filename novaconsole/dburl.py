@@ -120,10 +120,11 @@ def connection_url(site: Site, service: str, database: str | None = None) -> str
     databases = _known(service)
     database = database or databases[0]
     valid_identifier(database, "database name")
-    if site.database_url is None:
+    server_url = site.database_url_for(service)
+    if server_url is None:
         url = "sqlite:///" + str(sqlite_path(site, database))
         return url + SQLITE_IMMEDIATE_QUERY if site.sqlite_begin_immediate else url
-    server = parse_server_url(site.database_url)
+    server = parse_server_url(server_url)
     password = site.secret(SERVICE_DB_SECRETS[service])
     user = database_user(service)
     return (

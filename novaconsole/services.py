@@ -286,11 +286,17 @@ class Supervisor(ServiceKeeper):
         if self.daemon_pid() is not None:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        from novaconsole.site import SECRET_NAMES
+
+        # Every service inherits supervisord's environment: never the guide's passwords
+        # a provisioning run was given through it.
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_NAMES}
         proc = subprocess.run(
             [str(self.bin_dir / "supervisord"), "-c", str(self.conf)],
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         if proc.returncode != 0:
             raise NovaconsoleError(

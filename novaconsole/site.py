@@ -69,6 +69,10 @@ class Site:
     #: Admin URL of the database server (no password; ``DB_ROOT_PASS`` env if it needs one),
     #: e.g. ``mysql+pymysql://root@127.0.0.1``; ``None`` means the SQLite embedded default.
     database_url: str | None = None
+    #: A database server for one service instead of ``database_url`` (service name ->
+    #: admin URL, as ``database_url``): e.g. Neutron with ML2/OVN on MariaDB while the
+    #: rest stays on SQLite (Neutron's OVN driver deadlocks on SQLite's one write lock).
+    service_database_urls: dict[str, str] = field(default_factory=dict)
     #: Where SQLite databases live when ``database_url`` is ``None``.
     sqlite_dir: Path = field(default_factory=lambda: Path("/var/lib/nova"))
     rabbit_host: str = "127.0.0.1"
@@ -81,6 +85,11 @@ class Site:
     neutron_url: str | None = None
     nova_api_port: int = 8774
     novncproxy_port: int = 6080
+    #: Nova's metadata API (``nova.wsgi.metadata``) on the controller, and ``[neutron]
+    #: service_metadata_proxy`` with the ``METADATA_SECRET`` Neutron's metadata agent
+    #: shares (the guide's "Configure the metadata agent" and nova.conf ``[neutron]``).
+    metadata_api: bool = False
+    metadata_port: int = 8775
     #: noVNC's web files for nova-novncproxy ``--web`` (Debian package ``novnc``).
     novnc_web: Path = field(default_factory=lambda: Path("/usr/share/novnc"))
     #: nova.conf to write, and where Nova keeps state and locks.
@@ -97,6 +106,10 @@ class Site:
     #: defaults boot on nested KVM whose default CPU model is rejected (ARCHITECTURE.md).
     libvirt_cpu_mode: str = "host-model"
     libvirt_cpu_model_extra_flags: str = "-arch-capabilities"
+    #: Run our libvirtd with ``--listen``, so that it takes the TCP/TLS connections its
+    #: libvirtd.conf enables (another compute node's libvirtd live-migrating a guest here).
+    #: Since libvirt 5.6 libvirtd ignores ``listen_tcp``/``listen_tls`` without it.
+    libvirtd_listen: bool = False
     #: ``[vnc] server_listen``; ``None``: my_ip on an all-in-one node, else 0.0.0.0 (guide).
     vnc_server_listen: str | None = None
     #: ``[vnc] novncproxy_base_url``; ``None``: http://CONTROLLER:PORT/vnc_auto.html.
@@ -164,6 +177,10 @@ class Site:
     def uses_sqlite(self) -> bool:
         return self.database_url is None
 
+    def database_url_for(self, service: str) -> str | None:
+        """The database server ``service`` uses (``None``: SQLite)."""
+        return self.service_database_urls.get(service, self.database_url)
+
 
 _SCALARS: dict[str, type] = {
     "controller_host": str,
@@ -181,6 +198,8 @@ _SCALARS: dict[str, type] = {
     "neutron_url": str,
     "nova_api_port": int,
     "novncproxy_port": int,
+    "metadata_api": bool,
+    "metadata_port": int,
     "novnc_web": Path,
     "nova_conf": Path,
     "state_path": Path,
@@ -191,6 +210,7 @@ _SCALARS: dict[str, type] = {
     "compute_driver": str,
     "libvirt_cpu_mode": str,
     "libvirt_cpu_model_extra_flags": str,
+    "libvirtd_listen": bool,
     "vnc_server_listen": str,
     "novncproxy_base_url": str,
     "serial_console": bool,
@@ -228,6 +248,17 @@ def site_from_mapping(
             site.nova_options = {
                 s: {str(k): str(v) for k, v in opts.items()} for s, opts in value.items()
             }
+            continue
+        if key == "service_database_urls":
+            if not isinstance(value, dict) or any(
+                k not in (*_KNOWN_EXTRA_SERVICES, "nova") or not isinstance(v, str)
+                for k, v in value.items()
+            ):
+                raise ConfigError(
+                    f"{source}: [service_database_urls] maps a service "
+                    f"(nova, {', '.join(_KNOWN_EXTRA_SERVICES)}) to a database server URL"
+                )
+            site.service_database_urls = {str(k): str(v) for k, v in value.items()}
             continue
         if key == "agent_hosts":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -241,6 +241,56 @@ def evaluate_hypervisors(
 # -- fetching (API calls) -----------------------------------------------------------------
 
 
+def evaluate_networking(
+    agents: Sequence[Row], networks: Sequence[Row], *, in_catalog: bool = True
+) -> CheckResult:
+    """Neutron's agents (or OVN's controllers, which Neutron lists as agents) alive, and a
+    network a server can use (ACTIVE, up, with a subnet)."""
+    if not in_catalog:
+        return CheckResult(
+            "networking", True, "not applicable: no network service in the catalog", {}
+        )
+    dead = [f"{a['type']}@{a['host']}" for a in agents if not a["alive"]]
+    usable = [n["name"] for n in networks if n["status"] == "ACTIVE" and n["subnets"] and n["up"]]
+    facts = {"agents": list(agents), "usable_networks": usable}
+    if not agents:
+        return CheckResult(
+            "networking",
+            False,
+            "Neutron reports no agents or OVN controllers: nothing wires ports "
+            "(API server only, or its mechanism driver is down)",
+            facts,
+        )
+    if dead:
+        return CheckResult("networking", False, f"agents not alive: {', '.join(dead)}", facts)
+    if not usable:
+        return CheckResult(
+            "networking", False, "no usable network (ACTIVE, up, with a subnet)", facts
+        )
+    return CheckResult(
+        "networking",
+        True,
+        f"{len(agents)} agents alive; {len(usable)} usable networks ({', '.join(usable[:3])})",
+        facts,
+    )
+
+
+def agent_rows(agents: Iterable[Any]) -> list[dict[str, Any]]:
+    return [{"type": a.agent_type, "host": a.host, "alive": bool(a.is_alive)} for a in agents]
+
+
+def network_rows(networks: Iterable[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": n.name,
+            "status": n.status,
+            "up": bool(n.is_admin_state_up),
+            "subnets": list(n.subnet_ids or []),
+        }
+        for n in networks
+    ]
+
+
 def service_rows(services: Iterable[Any]) -> list[dict[str, Any]]:
     """openstacksdk ``compute.Service`` resources as the rows the evaluators take."""
     return [
@@ -320,11 +370,21 @@ def builtin_checks() -> list[Check]:
         rows = hypervisor_rows(conn.compute.hypervisors(details=True))
         return evaluate_hypervisors(rows, services)
 
+    def networking(conn: Any) -> CheckResult:
+        access = conn.session.auth.get_access(conn.session)
+        types = {entry.get("type") for entry in access.service_catalog.catalog}
+        if "network" not in types:
+            return evaluate_networking([], [], in_catalog=False)
+        return evaluate_networking(
+            agent_rows(conn.network.agents()), network_rows(conn.network.networks())
+        )
+
     return [
         Check("compute-services", compute_services, "every nova service is up"),
         Check("catalog", catalog, "identity, image, compute, placement endpoints"),
         Check("images", images, "at least one active image"),
         Check("hypervisors", hypervisors, "a hypervisor up and mapped to a cell"),
+        Check("networking", networking, "Neutron's agents alive and a usable network"),
     ]
 
 

@@ -32,6 +32,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
 
 
+def _failure_lines(stderr: str) -> str:
+    """The failed steps with what they said, then the summary: what CI needs to show.
+
+    The last lines alone are the steps skipped after the failure, which hide the cause.
+    """
+    lines = stderr.splitlines()
+    shown: list[str] = []
+    for number, line in enumerate(lines):
+        if "FAILED" in line or "error" in line.lower():
+            shown.extend(lines[number : number + 12])
+    return "\n".join(shown[:120] + lines[-3:])
+
+
 @pytest.fixture(scope="session")
 def lab_state() -> LabConfig:
     """The lab's configuration, after making sure ``lab up`` has converged."""
@@ -44,8 +57,9 @@ def lab_state() -> LabConfig:
     # Keep the run's output for the record (pytest shows it on failure).
     (config.state_dir / "last-lab-up.log").write_text(proc.stderr)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.splitlines()[-25:])
-        pytest.fail(f"novaconsole lab up failed (exit {proc.returncode}):\n{tail}")
+        pytest.fail(
+            f"novaconsole lab up failed (exit {proc.returncode}):\n{_failure_lines(proc.stderr)}"
+        )
     return config
 
 

@@ -312,7 +312,14 @@ def test_plugin_checks_are_collected_after_builtins() -> None:
     pm = PluginManager()
     pm.register(_ExtraCheckPlugin("agent-heartbeat"))
     names = [c.name for c in collect_checks(pm)]
-    assert names == ["compute-services", "catalog", "images", "hypervisors", "agent-heartbeat"]
+    assert names == [
+        "compute-services",
+        "catalog",
+        "images",
+        "hypervisors",
+        "networking",
+        "agent-heartbeat",
+    ]
 
 
 def test_duplicate_check_names_are_a_usage_error() -> None:
@@ -392,3 +399,56 @@ def test_header_compute_versions_are_the_ones_the_console_uses() -> None:
     assert compute_versions_text((2, 70)) == "2.69-2.70 (max 2.70)"
     assert compute_versions_text((2, 60)) == "2.60 (max 2.60)"
     assert compute_versions_text(None) == "2.1"
+
+
+# -- networking ---------------------------------------------------------------------------
+
+_OVN_AGENTS = [
+    {"type": "OVN Controller Gateway agent", "host": "vm", "alive": True},
+    {"type": "OVN Metadata agent", "host": "vm", "alive": True},
+]
+_LAB_NET = {"name": "novaconsole-lab-net", "status": "ACTIVE", "up": True, "subnets": ["s"]}
+
+
+def test_networking_passes_with_live_agents_and_a_usable_network() -> None:
+    from novaconsole.verify import evaluate_networking
+
+    result = evaluate_networking(_OVN_AGENTS, [_LAB_NET])
+    assert result.ok, result.summary
+    assert result.facts["usable_networks"] == ["novaconsole-lab-net"]
+    assert "2 agents alive" in result.summary
+
+
+def test_networking_fails_on_an_api_only_neutron() -> None:
+    from novaconsole.verify import evaluate_networking
+
+    result = evaluate_networking([], [_LAB_NET])
+    assert not result.ok
+    assert "no agents or OVN controllers" in result.summary
+
+
+def test_networking_names_the_dead_agent() -> None:
+    from novaconsole.verify import evaluate_networking
+
+    agents = [*_OVN_AGENTS[:1], {**_OVN_AGENTS[1], "alive": False}]
+    result = evaluate_networking(agents, [_LAB_NET])
+    assert not result.ok
+    assert result.summary == "agents not alive: OVN Metadata agent@vm"
+
+
+def test_networking_needs_an_active_network_with_a_subnet() -> None:
+    from novaconsole.verify import evaluate_networking
+
+    down = {**_LAB_NET, "status": "DOWN"}
+    bare = {**_LAB_NET, "name": "bare", "subnets": []}
+    result = evaluate_networking(_OVN_AGENTS, [down, bare])
+    assert not result.ok
+    assert "no usable network" in result.summary
+
+
+def test_networking_is_not_applicable_without_neutron() -> None:
+    from novaconsole.verify import evaluate_networking
+
+    result = evaluate_networking([], [], in_catalog=False)
+    assert result.ok
+    assert result.summary.startswith("not applicable")

@@ -1,4 +1,4 @@
-"""``novaconsole lab up | down | status``."""
+"""``novaconsole lab up | down | status | tempest``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         config.db_url = None if args.db == "sqlite" else checked_db_url(args.db)
     if args.service_manager is not None:
         config.service_manager = args.service_manager
+    if args.networking is not None:
+        config.networking = args.networking
+    if args.computes is not None:
+        from novaconsole.lab.nodes import check_computes
+
+        config.computes = check_computes(args.computes)
     reporter = LineReporter(verbose=not args.quiet)
     started = time.monotonic()
     what = "planning" if args.dry_run else "bringing up"
@@ -75,6 +81,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
         for key, value in [*status["compute"].items(), *status["guest"].items()]:
             print(f"{key}: {value}")
+        net = status["networking"]
+        down = [n for n, up in net.get("services_running", {}).items() if not up]
+        print(
+            f"networking: {net['mode']}"
+            + (f", datapath {net['datapath']}" if "datapath" in net else "")
+        )
+        print(f"networking_reason: {net['why']}")
+        if "provider" in net:
+            print(f"provider_network: {net['provider']}")
+            print(f"neutron_database: {net['neutron_database']}")
+        if down:
+            print(f"networking_down: {', '.join(down)}")
+        storage = status["instances_storage"]
+        print(
+            f"instances_storage: {storage['kind']}"
+            + (f" volume {storage['volume']}" if "volume" in storage else "")
+            + f" ({storage['why']})"
+        )
     return EXIT_OK if status["up"] else EXIT_CHECK_FAILED
 
 
@@ -89,6 +113,39 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tempest(args: argparse.Namespace) -> int:
+    from novaconsole.lab.runner import default_config
+    from novaconsole.lab.tempest import run_lab_tempest
+
+    reporter = LineReporter(verbose=not args.quiet)
+    as_json = args.format == "json"
+
+    def echo(line: str) -> None:
+        # tempest's own per-test lines (stdout for --list, progress on stderr otherwise)
+        if args.list and not as_json:
+            print(line)
+        elif not args.quiet and not as_json:
+            print(line, file=sys.stderr, flush=True)
+
+    result = run_lab_tempest(
+        default_config(args.state_dir),
+        regex=args.regex,
+        selection=args.selection,
+        list_only=args.list,
+        workers=args.workers,
+        use_excludes=not args.no_exclude,
+        log=reporter.log,
+        echo=echo,
+    )
+    if as_json:
+        emit_json(result.as_dict())
+    if args.list:
+        return EXIT_OK
+    reporter.log(f"tempest's output: {result.log}")
+    print(result.summary(), file=sys.stderr if as_json else sys.stdout)
+    return result.exit_code
+
+
 def add_lab_command(sub: Any) -> None:
     """Register ``lab`` on the top-level sub-parsers."""
     p = sub.add_parser("lab", help="a real all-in-one Nova lab on 127.0.0.1")
@@ -97,6 +154,7 @@ def add_lab_command(sub: Any) -> None:
         ("up", _cmd_up, "stand the lab up (re-run: converge, zero changes)"),
         ("status", _cmd_status, "each service with pid, port and health"),
         ("down", _cmd_down, "stop every process the lab started"),
+        ("tempest", _cmd_tempest, "run tempest's API tests against the lab (its acceptance test)"),
     ):
         a = actions.add_parser(name, help=help_text)
         a.add_argument(
@@ -116,4 +174,39 @@ def add_lab_command(sub: Any) -> None:
                 help="who keeps the services running (default auto: systemd where it is "
                 "PID 1, else supervisord; remembered for the lab)",
             )
+            a.add_argument(
+                "--networking",
+                choices=("ovn", "none"),
+                help="ovn (default: ML2/OVN on Open vSwitch's userspace datapath; Neutron's "
+                "database on the local MariaDB) or none (the Neutron API only); remembered",
+            )
+            a.add_argument(
+                "--computes",
+                type=int,
+                metavar="N",
+                help="compute nodes: 1 is this machine's own, each more a host of its own "
+                "on it (default 1; remembered for the lab; fewer removes the extra ones)",
+            )
             a.add_argument("-q", "--quiet", action="store_true", help="no per-change lines")
+        if name == "tempest":
+            a.add_argument(
+                "regex",
+                nargs="?",
+                metavar="REGEX",
+                help="tests to run (default: the CI selection, tempest-lists/ci.txt)",
+            )
+            a.add_argument(
+                "--selection",
+                choices=("ci", "long"),
+                help="a selection under novaconsole/lab/tempest-lists/ (default ci)",
+            )
+            a.add_argument("--list", action="store_true", help="list the selected tests only")
+            a.add_argument(
+                "--workers", type=int, default=2, metavar="N", help="tempest workers (default 2)"
+            )
+            a.add_argument(
+                "--no-exclude",
+                action="store_true",
+                help="do not apply tempest-lists/exclude.txt (to see its entries fail)",
+            )
+            a.add_argument("-q", "--quiet", action="store_true", help="no per-test lines")

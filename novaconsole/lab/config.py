@@ -23,7 +23,20 @@ DEFAULT_PORTS: dict[str, int] = {
     "novncproxy": 6080,
     "serialproxy": 6083,
     "memcached": 11211,
+    "nova-metadata": 8775,
+    "ovn-nb": 6641,
+    "ovn-sb": 6642,
+    "glusterd": 24007,
 }
+
+#: How the lab's Neutron moves packets: ``ovn`` (ML2/OVN over Open vSwitch's userspace
+#: datapath: this kernel has no openvswitch module) or ``none`` (the API server only).
+NETWORKING_CHOICES = ("ovn", "none")
+
+#: The database server Neutron uses when the rest of the lab is on SQLite and networking
+#: is on: ML2/OVN deadlocks on SQLite (the OVSDB thread queries the hash ring while a
+#: request thread holds SQLite's one write lock and waits for that thread).
+LOCAL_DB_SERVER = "mysql+pymysql://root@127.0.0.1"
 
 #: The RabbitMQ account the lab creates for OpenStack (the guide's ``openstack`` user).
 RABBIT_USER = "novaconsole-lab"
@@ -43,6 +56,23 @@ class LabConfig:
     region: str = "RegionOne"
     #: auto, systemd or supervisord (see :func:`novaconsole.services.choose_service_manager`).
     service_manager: str = "auto"
+    #: One of :data:`NETWORKING_CHOICES`.
+    networking: str = "ovn"
+    #: Compute nodes: 1 is this machine's own; more are hosts of their own on it
+    #: (:mod:`novaconsole.lab.nodes`).
+    computes: int = 1
+
+    @property
+    def neutron_db_url(self) -> str | None:
+        """The database server Neutron's database lives on (``None``: SQLite)."""
+        if self.db_url is None and self.networking == "ovn":
+            return LOCAL_DB_SERVER
+        return self.db_url
+
+    @property
+    def ovs_dir(self) -> Path:
+        """Open vSwitch's and OVN's databases (conf.db, ovnnb.db, ovnsb.db)."""
+        return self.data_dir / "ovs"
 
     @property
     def venvs_dir(self) -> Path:
@@ -112,6 +142,8 @@ class LabConfig:
             "db_url": self.db_url,
             "host": self.host,
             "service_manager": self.service_manager,
+            "networking": self.networking,
+            "computes": self.computes,
         }
         atomic_write(self.settings_file, json.dumps(data, indent=2) + "\n", mode=0o600)
 
@@ -129,6 +161,13 @@ class LabConfig:
         config.db_url = data.get("db_url")
         config.host = data.get("host", config.host)
         config.service_manager = data.get("service_manager", config.service_manager)
+        config.networking = data.get("networking", config.networking)
+        if config.networking not in NETWORKING_CHOICES:
+            raise ConfigError(
+                f"lab settings {config.settings_file}: networking {config.networking!r} "
+                f"is not one of {', '.join(NETWORKING_CHOICES)}"
+            )
+        config.computes = int(data.get("computes", config.computes))
         return config
 
 

@@ -62,7 +62,7 @@ COMMAND_LINE = "console=tty0 console=ttyS0,115200 rdinit=/init no_timer_check pa
 ROOT_DISK_SIZE = 2 << 20
 
 #: Bumped when the build recipe changes in a way the scripts below do not show.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 
 _INIT = """\
 #!/bin/busybox sh
@@ -82,6 +82,22 @@ tty1::respawn:-/bin/sh
 ::shutdown:/bin/umount -a -r
 """
 
+#: Kernel modules the guest loads, in dependency order, from Debian's kernel package
+#: (virtio's core and PCI transport are modules there too, not built in).
+NET_MODULES = {
+    name: rf"lib/modules/[^/]+/kernel/{path}/{name}\.ko"
+    for name, path in (
+        ("virtio_ring", "drivers/virtio"),
+        ("virtio", "drivers/virtio"),
+        ("virtio_pci_legacy_dev", "drivers/virtio"),
+        ("virtio_pci_modern_dev", "drivers/virtio"),
+        ("virtio_pci", "drivers/virtio"),
+        ("failover", "net/core"),
+        ("net_failover", "drivers/net"),
+        ("virtio_net", "drivers/net"),
+    )
+}
+
 _RC_SYSINIT = f"""\
 #!/bin/sh
 hostname novaconsole-guest
@@ -89,7 +105,60 @@ banner="{BANNER} $(uname -r) ($(uname -m)): busybox shell on ttyS0 and tty1"
 for tty in /dev/ttyS0 /dev/tty1; do
     printf '\\n%s\\n' "$banner" > "$tty"
 done
+# Networking: virtio-net (a module in Debian's kernel), DHCP on the first NIC in the
+# background (a server booted with --nic none has none), and a web page on port 80.
+for m in {" ".join(NET_MODULES)}; do insmod /lib/modules/$m.ko 2>/dev/null; done
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    udhcpc -i eth0 -s /etc/udhcpc.script -b -t 20 -T 2 -O staticroutes -O mtu \\
+        >/dev/null 2>&1
+fi
+httpd -p 80 -h /www
 """
+
+#: What ``udhcpc`` runs on each DHCP event: the address, the router, the MTU (OVN's
+#: geneve networks offer 1442), and one line on ttyS0 that tests look for
+#: (:data:`NET_LINE`), then the metadata service's instance UUID (:data:`METADATA_LINE`).
+NET_LINE = "guest net: eth0"
+METADATA_LINE = "guest metadata: uuid"
+_UDHCPC_SCRIPT = f"""\
+#!/bin/sh
+case "$1" in
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    # Option 121: OVN routes 169.254.169.254 to the network's metadata port this way.
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+    echo "{NET_LINE} $ip/$mask router ${{router:-none}}" > /dev/ttyS0
+    (
+        i=0
+        while [ $i -lt 30 ]; do
+            # busybox-static 1.35.0's wget segfaults here (even for an IP
+            # literal); nc with a hand-written request does not.
+            printf 'GET /openstack/latest/meta_data.json HTTP/1.0\\r\\nHost: 169.254.169.254\\r\\n\\r\\n' \\
+                | nc -w 5 169.254.169.254 80 > /tmp/meta.json 2>/dev/null
+            if grep -q '"uuid"' /tmp/meta.json; then
+                uuid=$(sed -n 's/.*"uuid": *"\\([^"]*\\)".*/\\1/p' /tmp/meta.json)
+                echo "{METADATA_LINE} $uuid" > /dev/ttyS0
+                break
+            fi
+            i=$((i + 1)); sleep 2
+        done
+    ) &
+    ;;
+esac
+"""
+
+#: The page ``httpd`` serves on port 80 (tests fetch it through a floating IP).
+WEB_PAGE = "novaconsole lab guest: hello over the network\n"
+
 
 _PROFILE = f"""\
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -97,10 +166,15 @@ export PS1='{PROMPT}'
 """
 
 
-def initramfs_entries(busybox: bytes) -> list[Entry]:
+def initramfs_entries(busybox: bytes, modules: dict[str, bytes] | None = None) -> list[Entry]:
     """Every member of the guest's initramfs, parents first."""
+    mods = modules or {}
     return [
         *(Entry.directory(d) for d in ("bin", "dev", "etc", "proc", "root", "sbin", "sys")),
+        *(Entry.directory(d) for d in ("lib", "lib/modules", "www")),
+        *(Entry.file(f"lib/modules/{name}.ko", mods[name]) for name in NET_MODULES if name in mods),
+        Entry.file("etc/udhcpc.script", _UDHCPC_SCRIPT.encode(), 0o755),
+        Entry.file("www/index.html", WEB_PAGE.encode()),
         Entry.directory("tmp", 0o1777),
         *(Entry.directory(d) for d in ("usr", "usr/bin", "usr/sbin")),
         # The kernel opens /dev/console for /init before devtmpfs is mounted.
@@ -280,6 +354,9 @@ def build_key(package_digests: dict[str, str]) -> str:
         "init": _INIT,
         "inittab": _INITTAB,
         "rc.sysinit": _RC_SYSINIT,
+        "udhcpc": _UDHCPC_SCRIPT,
+        "web": WEB_PAGE,
+        "modules": NET_MODULES,
         "profile": _PROFILE,
         "cmdline": COMMAND_LINE,
         "root_disk_size": ROOT_DISK_SIZE,
@@ -288,11 +365,17 @@ def build_key(package_digests: dict[str, str]) -> str:
 
 
 def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
-    """(name, content) of the first regular file in ``deb`` whose path matches ``pattern``.
+    """(name, content) of the first regular file in ``deb`` whose path matches ``pattern``."""
+    return extract_members(deb, {"": pattern})[""]
 
-    The package's data archive is streamed through ``dpkg-deb --fsys-tarfile`` and read
-    until the file turns up (the kernel package's modules are never unpacked).
+
+def extract_members(deb: Path, patterns: dict[str, str]) -> dict[str, tuple[str, bytes]]:
+    """(name, content) by key of the first regular file in ``deb`` matching each pattern.
+
+    The package's data archive is streamed once through ``dpkg-deb --fsys-tarfile`` and
+    read until every file has turned up (the rest of the kernel package is never unpacked).
     """
+    found: dict[str, tuple[str, bytes]] = {}
     broken = StepFailed(
         f"{deb} is not a readable Debian package",
         hint="delete it; lab up downloads it again",
@@ -307,10 +390,15 @@ def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
-                if member.isfile() and re.fullmatch(pattern, name):
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        return name, handle.read()
+                if not member.isfile():
+                    continue
+                for key, pattern in patterns.items():
+                    if key not in found and re.fullmatch(pattern, name):
+                        handle = archive.extractfile(member)
+                        if handle is not None:
+                            found[key] = (name, handle.read())
+                if len(found) == len(patterns):
+                    return found
     except (tarfile.TarError, OSError) as exc:
         raise broken from exc
     finally:
@@ -319,7 +407,8 @@ def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
         code = proc.wait()
     if code not in (0, -9):
         raise broken
-    raise StepFailed(f"{deb.name} has no file matching {pattern}")
+    missing = [p for k, p in patterns.items() if k not in found]
+    raise StepFailed(f"{deb.name} has no file matching {', '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -416,9 +505,11 @@ class GuestBuildStep(Step[dict[str, Any]]):
         if inputs is None or key is None:
             raise StepFailed("guest packages are missing from the download cache")
         kernel_deb = next(p for n, p in inputs.items() if n != BUSYBOX_PACKAGE)
-        kernel_name, kernel = extract_member(kernel_deb, r"boot/vmlinuz-[\w.+-]+")
+        members = extract_members(kernel_deb, {"kernel": r"boot/vmlinuz-[\w.+-]+", **NET_MODULES})
+        kernel_name, kernel = members["kernel"]
         _, busybox = extract_member(inputs[BUSYBOX_PACKAGE], r"bin/busybox")
-        ramdisk = write_newc(initramfs_entries(busybox))
+        modules = {name: members[name][1] for name in NET_MODULES}
+        ramdisk = write_newc(initramfs_entries(busybox, modules))
         self.directory.mkdir(parents=True, exist_ok=True)
         outputs = {
             KERNEL_FILE: kernel,
@@ -483,9 +574,9 @@ class GuestImagesStep(Step[GuestImagesObserved]):
         self.directory = config.guest_dir
 
     def _conn(self, ctx: RunContext) -> Any:
-        from novaconsole.lab.steps import _conn
+        from novaconsole.lab.stack.common import lab_conn
 
-        return _conn(ctx)
+        return lab_conn(ctx)
 
     def check(self, ctx: RunContext) -> GuestImagesObserved:
         build = GuestBuild.load(self.directory)
@@ -593,9 +684,9 @@ class GuestFlavorStep(Step[bool]):
     description = f"flavor {GUEST_FLAVOR} ({GUEST_MIN_RAM_MB} MB, 1 vCPU, 1 GB)"
 
     def _conn(self, ctx: RunContext) -> Any:
-        from novaconsole.lab.steps import _conn
+        from novaconsole.lab.stack.common import lab_conn
 
-        return _conn(ctx)
+        return lab_conn(ctx)
 
     def check(self, ctx: RunContext) -> bool:
         return self._conn(ctx).compute.find_flavor(GUEST_FLAVOR, ignore_missing=True) is not None

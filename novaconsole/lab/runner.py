@@ -4,17 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from novaconsole.errors import NovaconsoleError
-from novaconsole.lab import steps as lab
 from novaconsole.lab.config import RABBIT_USER, LabConfig, load_or_create_secrets
 from novaconsole.lab.generic import http_health
 from novaconsole.lab.guest import guest_status, guest_steps
+from novaconsole.lab.nodes import (
+    check_computes,
+    destroy_domains,
+    existing_nodes,
+    nodes_steps,
+    stop_node,
+)
+from novaconsole.lab.stack import gluster
+from novaconsole.lab.stack import ovn as ovnlab
+from novaconsole.lab.stack.finish import ComputeServicesUpStep, TestFlavorStep, TestImageStep
+from novaconsole.lab.stack.glance import glance_steps
+from novaconsole.lab.stack.host import (
+    MARIADB_PACKAGES,
+    NETWORKING_PACKAGES,
+    DevKvmStep,
+    InstancesDirStep,
+    NoVNCStep,
+    SystemPackagesStep,
+    VenvsStep,
+)
+from novaconsole.lab.stack.keystone import keystone_steps
+from novaconsole.lab.stack.mariadb import LocalMariaDBStep, mariadb_marker
+from novaconsole.lab.stack.memcached import memcached_steps
+from novaconsole.lab.stack.neutron import LabNetworksStep, neutron_steps
+from novaconsole.lab.stack.placement import placement_steps
+from novaconsole.lab.stack.rabbit import RabbitStep
 from novaconsole.lab.venvs import lab_venvs
 from novaconsole.plugins import PluginManager
 from novaconsole.services import (
@@ -44,11 +68,29 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
     venvs = lab_venvs(config.venvs_dir)
     venv = venvs["openstack"]
     data = config.data_dir
+    ovn = config.networking == "ovn"
+    nova_options = {
+        "DEFAULT": {
+            "instances_path": str(config.instances_dir),
+            # Nova's default 4.0 gives this 2-core machine 8 vCPUs: four small test
+            # servers at once. The lab's guests idle at a shell, so allow 32.
+            "cpu_allocation_ratio": "16.0",
+        }
+    }
+    if ovn:
+        # os-vif plugs guests' ports into br-int over this socket (its default is TCP 6640).
+        nova_options["os_vif_ovs"] = {"ovsdb_connection": ovnlab.OVSDB_CONNECTION}
+    neutron_db = config.neutron_db_url
     return Site(
         controller_host=config.host,
         my_ip=config.host,
         region=config.region,
         database_url=config.db_url,
+        service_database_urls=(
+            {"neutron": neutron_db}
+            if neutron_db is not None and neutron_db != config.db_url
+            else {}
+        ),
         sqlite_dir=data / "db",
         sqlite_begin_immediate=True,
         rabbit_host=config.rabbit_host,
@@ -61,6 +103,8 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         neutron_url=config.url("neutron"),
         nova_api_port=config.ports["nova-api"],
         novncproxy_port=config.ports["novncproxy"],
+        metadata_api=ovn,
+        metadata_port=config.ports["nova-metadata"],
         # The lab's guest has a shell on ttyS0: its serial console is the way in.
         serial_console=True,
         serialproxy_port=config.ports["serialproxy"],
@@ -75,7 +119,7 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         service_manager=config.service_manager,
         systemd_unit_prefix=LAB_UNIT_PREFIX,
         supervisor_bin_dir=venv.bin,
-        nova_options={"DEFAULT": {"instances_path": str(config.instances_dir)}},
+        nova_options=nova_options,
         # The compute agent on the lab's compute node, and the console's end of its bus.
         compute_agent=True,
         bus_dir=config.state_dir / "bus",
@@ -104,27 +148,40 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
     """Every step of ``lab up``: the lab's own and the plugins', ordered by phase."""
     keeper = keeper_for(config)
     venvs = lab_venvs(config.venvs_dir)
+    ovn = config.networking == "ovn"
+    local_db = ovn and config.db_url is None
+    packages = {
+        **(NETWORKING_PACKAGES if ovn else {}),
+        **(MARIADB_PACKAGES if local_db else {}),
+        **(gluster.GLUSTER_PACKAGES if gluster.wanted(config) else {}),
+    }
     ours: list[Step[Any]] = [
-        lab.SystemPackagesStep(),
-        lab.VenvsStep(config),
-        lab.RabbitStep(config, site.secret("RABBIT_PASS")),
-        *lab.memcached_steps(config, keeper),
-        lab.NoVNCStep(config),
-        lab.InstancesDirStep(config),
-        *lab.keystone_steps(config, site, venvs["openstack"], keeper),
-        *lab.glance_steps(config, site, venvs["openstack"], keeper),
-        *lab.placement_steps(config, site, venvs["openstack"], keeper),
-        *lab.neutron_steps(config, site, venvs["neutron"], keeper),
-        lab.TestImageStep(),
-        lab.TestFlavorStep(),
+        SystemPackagesStep(packages),
+        DevKvmStep(),
+        VenvsStep(config),
+        RabbitStep(config, site.secret("RABBIT_PASS")),
+        *([LocalMariaDBStep(config)] if local_db else []),
+        *memcached_steps(config, keeper),
+        *(ovnlab.ovn_steps(config, keeper, site.compute_host) if ovn else []),
+        NoVNCStep(config),
+        InstancesDirStep(config),
+        *gluster.gluster_steps(config, keeper),
+        *keystone_steps(config, site, venvs["openstack"], keeper),
+        *glance_steps(config, site, venvs["openstack"], keeper),
+        *placement_steps(config, site, venvs["openstack"], keeper),
+        *neutron_steps(config, site, venvs["neutron"], keeper),
+        TestImageStep(),
+        TestFlavorStep(),
+        *([LabNetworksStep()] if ovn else []),
         *guest_steps(config),
-        lab.ComputeServicesUpStep(),
+        ComputeServicesUpStep(),
     ]
     theirs: list[Step[Any]] = []
     for role in ("controller", "compute"):
         for result in reversed(pm.hook.novaconsole_provision_steps(role=role, site=site)):
             theirs.extend(result)
-    steps = order_by_phase([*ours, *theirs])
+    # The extra compute nodes join once the controller and this machine's node are up.
+    steps = order_by_phase([*ours, *theirs, *nodes_steps(config, site)])
     for role in ("controller", "compute"):
         pm.hook.novaconsole_order_steps(role=role, steps=steps)
     return steps
@@ -140,6 +197,10 @@ PORT_OWNERS = {
     "novncproxy": "nova-novncproxy",
     "serialproxy": "nova-serialproxy",
     "memcached": "memcached",
+    "nova-metadata": "nova-metadata-api",
+    "ovn-nb": "ovn-nb-db",
+    "ovn-sb": "ovn-sb-db",
+    "glusterd": "glusterd",
 }
 
 
@@ -154,7 +215,9 @@ def preflight(config: LabConfig) -> None:
     ours = keeper_for(config).status() if config.services_dir.exists() else {}
     for key, port in config.ports.items():
         owner = PORT_OWNERS.get(key)
-        if owner in ours and ours[owner].state == "RUNNING":
+        if key == "glusterd" and not gluster.wanted(config):
+            continue  # only a lab of several nodes runs glusterd
+        if owner in ours and ours[owner].state in ("RUNNING", "STARTING"):
             continue  # our own services hold their ports
         if port_owner(config.host, port):
             raise ConfigError(
@@ -163,6 +226,8 @@ def preflight(config: LabConfig) -> None:
             )
     if config.db_url is not None:
         _check_db_login(config.db_url)
+    elif config.neutron_db_url is not None and port_owner("127.0.0.1", 3306):
+        _check_db_login(config.neutron_db_url)  # else lab up starts MariaDB itself
     where = f"{config.rabbit_host}:{config.rabbit_port}"
     local_default = config.rabbit_host in ("127.0.0.1", "localhost") and config.rabbit_port == 5672
     if not port_owner(config.rabbit_host, config.rabbit_port) and not (
@@ -203,6 +268,7 @@ def lab_up(
 ) -> RunReport:
     """Stand the lab up (or converge a running one); READY marks a lab that passed."""
     preflight(config)
+    check_computes(config.computes)
     # Some machines set PYTHONDONTWRITEBYTECODE; then every nova-manage run and service
     # start would recompile nova from source (~4 s each). The lab's processes may cache
     # bytecode for the modules they actually import (cheaper than compiling whole venvs).
@@ -254,6 +320,18 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
                 "health": health,
             }
         )
+    bin_dir = lab_venvs(config.venvs_dir)["openstack"].bin
+    for node in existing_nodes(config):
+        for name, state in sorted(node.keeper(bin_dir).status().items()):
+            rows.append(
+                {
+                    "service": f"{node.name}/{name}",
+                    "state": state.state,
+                    "pid": state.pid,
+                    "port": None,
+                    "health": "running" if state.state == "RUNNING" else state.state.lower(),
+                }
+            )
     facts: dict[str, str] = {}
     if config.secrets_file.exists():
         site = lab_site(config, load_or_create_secrets(config.secrets_file))
@@ -267,9 +345,39 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
         "database": "sqlite" if config.db_url is None else _redacted_db(config.db_url),
         "services": rows,
         "compute": facts,
+        "computes": 1 + len(existing_nodes(config)),
+        "nodes": [
+            {"name": node.name, "supervisor_pid": node.keeper(bin_dir).manager_pid()}
+            for node in existing_nodes(config)
+        ],
         "guest": guest_status(config, facts),
+        "networking": networking_status(config, states),
+        "instances_storage": gluster.storage_status(config),
         "services_kept_by": keeper.describe(),
         "supervisor_pid": keeper.manager_pid(),
+    }
+
+
+def networking_status(config: LabConfig, states: dict[str, Any]) -> dict[str, Any]:
+    """How the lab moves packets, and why (like the compute driver's row)."""
+    if config.networking != "ovn":
+        return {
+            "mode": "none",
+            "why": "--networking none: the Neutron API only; servers boot with --nic none",
+        }
+    running = {n: states[n].state == "RUNNING" for n in ovnlab.SERVICE_NAMES if n in states}
+    return {
+        "mode": "ovn",
+        "datapath": "netdev (Open vSwitch userspace)",
+        "why": "this kernel has no openvswitch module; the userspace datapath needs none"
+        if not Path("/sys/module/openvswitch").exists()
+        else "userspace datapath, as on hosts without the module",
+        "provider": f"{ovnlab.PROVIDER_CIDR} on {ovnlab.PROVIDER_BRIDGE} "
+        f"(host {ovnlab.PROVIDER_GATEWAY})",
+        "neutron_database": "sqlite"
+        if config.neutron_db_url is None
+        else _redacted_db(config.neutron_db_url),
+        "services_running": running,
     }
 
 
@@ -282,33 +390,42 @@ def _redacted_db(url: str) -> str:
 
 def _destroy_lab_domains() -> list[str]:
     """Stop the lab's guests (nova's ``instance-*`` domains) so none outlives the lab."""
-    if not shutil.which("virsh"):
-        return []
-    listing = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    names = [n for n in listing.stdout.split() if n.startswith("instance-")]
-    for name in names:
-        for cmd in (["destroy", name], ["undefine", "--nvram", name]):
-            subprocess.run(
-                ["virsh", "-c", "qemu:///system", *cmd],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-    return names
+    return destroy_domains("qemu:///system")
 
 
 def lab_down(config: LabConfig) -> dict[str, Any]:
     """Stop every process the lab started, by pid, and check none is left."""
     keeper = keeper_for(config)
+    bin_dir = lab_venvs(config.venvs_dir)["openstack"].bin
+    stopped: list[str] = []
+    domains: list[str] = []
+    leftover: list[int] = []
+    # The extra nodes first: their nova-computes talk to the controller until they stop.
+    for node in existing_nodes(config):
+        stopped += [f"{node.name}/{name}" for name in node.keeper(bin_dir).status()]
+        node_domains, alive = stop_node(node, bin_dir)
+        domains += node_domains
+        leftover += alive
     states = keeper.status()
-    domains = _destroy_lab_domains() if "libvirtd" in states else []
-    leftover = keeper.stop_all()
+    domains += _destroy_lab_domains() if "libvirtd" in states else []
+    shared_storage = gluster.unmount_shared_instances(config) if "glusterd" in states else False
+    ovn = config.networking == "ovn"
+    devices = ovnlab.datapath_devices() if ovn and "ovsdb-server" in states else []
+    leftover += keeper.stop_all()
+    namespaces: list[str] = []
+    if ovn:
+        ovnlab.stop_metadata_proxies(config.data_dir)
+        time.sleep(0.5)  # haproxy leaves its namespace on SIGTERM
+        namespaces = ovnlab.remove_namespaces()
+        devices = ovnlab.remove_devices(devices)
+    if mariadb_marker(config).exists():
+        subprocess.run(
+            ["start-stop-daemon", "--stop", "--oknodo", "--exec", "/usr/sbin/mariadbd"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        mariadb_marker(config).unlink()
     if config.rabbit_marker.exists():
         # Only a broker this lab started itself; one that was already running stays.
         subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
@@ -316,7 +433,13 @@ def lab_down(config: LabConfig) -> dict[str, Any]:
     config.ready_file.unlink(missing_ok=True)
     if leftover:
         raise NovaconsoleError(f"lab down: processes still alive after SIGKILL: {leftover}")
-    return {"stopped": sorted(states), "domains_destroyed": domains}
+    return {
+        "stopped": sorted(states) + stopped,
+        "domains_destroyed": domains,
+        "namespaces_removed": namespaces,
+        "devices_removed": devices,
+        "shared_storage_unmounted": shared_storage,
+    }
 
 
 def parse_port_overrides(values: list[str], config: LabConfig) -> None:

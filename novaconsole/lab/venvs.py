@@ -39,6 +39,9 @@ OPENSTACK_PACKAGES = (
     SQLITE_PLUGIN,
 )
 NEUTRON_PACKAGES = ("neutron==29.0.0", "gunicorn", "PyMySQL", "python-memcached", SQLITE_PLUGIN)
+#: OpenStack's own API test suite, the lab's acceptance test (``novaconsole lab tempest``).
+#: Its own venv: tempest pins oslo and the clients for itself, and it runs no service.
+TEMPEST_PACKAGES = ("tempest==47.0.0",)
 
 #: This checkout, when the lab runs from one: the compute agent gets a venv of its own with
 #: ``novaconsole[agent]`` installed from it, as a hypervisor would have (not the console's
@@ -143,6 +146,19 @@ def lab_venvs(root: Path) -> dict[str, Venv]:
     if in_checkout():
         venvs["agent"] = Venv("agent", root / "agent", AGENT_PACKAGES)
     return venvs
+
+
+def on_demand_venvs(root: Path) -> dict[str, Venv]:
+    """Venvs built only when a command asks for them, never by ``lab up`` (which stays as
+    fast as it was): tempest's, for ``novaconsole lab tempest``."""
+    return {"tempest": Venv("tempest", root / "tempest", TEMPEST_PACKAGES)}
+
+
+def ensure_venv(venv: Venv, *, log_path: Path) -> Venv:
+    """Install ``venv`` if it is missing or outdated; return it."""
+    if not venv.is_current():
+        install_venv(venv, log_path=log_path)
+    return venv
 
 
 def _uv() -> str | None:

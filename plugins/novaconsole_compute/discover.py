@@ -10,15 +10,13 @@ the API database directly (``host_mappings``; nova-manage takes ~10 s just to st
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from novaconsole.dburl import mysql_connect, sqlite_file
+from novaconsole.cells import host_mapping
 from novaconsole.errors import ConfigError, ConnectionFailure, StepFailed
 from novaconsole.iniconf import IniDocument
 from novaconsole.redact import scrub_secrets
@@ -28,10 +26,6 @@ from novaconsole_compute.runtime import facts_for, keeper_for, nova_binary
 if TYPE_CHECKING:
     from novaconsole.site import Site
 
-_QUERY = (
-    "SELECT c.name FROM host_mappings h JOIN cell_mappings c ON h.cell_id = c.id "
-    "WHERE h.host = {mark}"
-)
 #: Log lines that explain a compute host that never shows up (errors, and the warnings of
 #: the guide's traps: conductor or message queue unreachable).
 _LOG_PROBLEMS = (
@@ -43,57 +37,6 @@ _LOG_PROBLEMS = (
 )
 #: Seconds between polls while waiting.
 POLL = 3.0
-
-
-def host_mapping(api_db_url: str, host: str) -> str | None:
-    """The cell ``host`` is mapped to in the Nova API database at ``api_db_url``, or None.
-
-    SQLite and MySQL (PyMySQL) are read directly; the URL (which may carry a password) is
-    never part of an error message.
-    """
-    try:
-        parts = urlsplit(api_db_url)
-    except ValueError:
-        raise ConfigError("[api_database] connection in nova.conf is not a valid URL") from None
-    if parts.scheme.startswith("sqlite"):
-        path = sqlite_file(api_db_url)
-        if not path.name or not path.exists():
-            return None
-        try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-            try:
-                row = db.execute(_QUERY.format(mark="?"), (host,)).fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error as exc:
-            if "no such table" in str(exc):
-                return None  # the API schema is not synced yet
-            raise ConnectionFailure(f"cannot read Nova API database {path}: {exc}") from None
-        return str(row[0]) if row else None
-    if parts.scheme.startswith("mysql"):
-        import pymysql
-
-        where = f"{parts.hostname}:{parts.port or 3306}/{parts.path.lstrip('/')}"
-        try:
-            conn = mysql_connect(api_db_url)
-        except pymysql.MySQLError as exc:
-            raise ConnectionFailure(
-                f"cannot connect to Nova API database {where}: {scrub_secrets(str(exc))}"
-            ) from None
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(_QUERY.format(mark="%s"), (host,))
-                row = cursor.fetchone()
-        except pymysql.MySQLError as exc:
-            if "doesn't exist" in str(exc):
-                return None
-            raise ConnectionFailure(
-                f"cannot query Nova API database {where}: {scrub_secrets(str(exc))}"
-            ) from None
-        finally:
-            conn.close()
-        return str(row[0]) if row else None
-    raise ConfigError(f"Nova API database scheme {parts.scheme!r} is not supported here")
 
 
 def api_db_url(nova_conf: Path) -> str:
@@ -139,6 +82,9 @@ class DiscoverObserved:
     host: str
     cell: str | None
     service: str | None  #: "up", "down", "missing", or None (not asked / no cloud known)
+    #: A separate compute node: its nova.conf has no API database (the guide's compute
+    #: section), so mapping it is the controller's job; this node waits for its service.
+    separate: bool = False
 
 
 class DiscoverHostsStep(Step[DiscoverObserved]):
@@ -194,6 +140,11 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
             return None
         return host_mapping(api_db_url(self.site.nova_conf), host)
 
+    def separate_node(self) -> bool:
+        """Whether this node's nova.conf lacks the API database (a compute node of its own)."""
+        conf = self.site.nova_conf
+        return conf.exists() and not IniDocument.load(conf).get("api_database", "connection")
+
     def check(self, ctx: RunContext) -> DiscoverObserved:
         """The mapping only (milliseconds): a mapped host was registered when it was mapped.
 
@@ -202,6 +153,16 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
         a re-run stays fast (the first compute API call of a run costs seconds here).
         """
         host = facts_for(ctx, self.site).compute_host
+        if self.separate_node():
+            if admin_cloud_name(self.site) is False:
+                raise ConfigError(
+                    f"{self.site.nova_conf} has no [api_database] connection (a separate "
+                    f"compute node) and no admin cloud is known: cannot tell whether "
+                    f"{host} registered",
+                    hint="set os_cloud in the site file (or OS_CLOUD), or run nova-manage "
+                    "cell_v2 discover_hosts on the controller",
+                )
+            return DiscoverObserved(host, None, self.service_state(ctx, host), separate=True)
         try:
             cell = self.mapped_cell(ctx, host)
         except (ConnectionFailure, ConfigError):
@@ -211,6 +172,13 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
         return DiscoverObserved(host, cell, None)
 
     def plan(self, ctx: RunContext, observed: DiscoverObserved) -> list[str]:
+        if observed.separate:
+            if observed.service in ("up", None):
+                return []
+            return [
+                f"wait for nova-compute on {observed.host} to register and report up "
+                "(the controller then maps it: nova-manage cell_v2 discover_hosts)"
+            ]
         if observed.cell is not None:
             return []
         return [f"map compute host {observed.host} to a cell (nova-manage cell_v2 discover_hosts)"]
@@ -267,6 +235,19 @@ class DiscoverHostsStep(Step[DiscoverObserved]):
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         host = facts_for(ctx, self.site).compute_host
         deadline = time.monotonic() + self.timeout
+        if self.separate_node():
+            service = self.service_state(ctx, host)
+            while service not in (None, "up"):
+                if time.monotonic() > deadline:
+                    raise self._timeout(host, service)
+                time.sleep(POLL)
+                service = self.service_state(ctx, host)
+            ctx.note(
+                f"compute host {host} is up; map it to a cell from the controller: "
+                "nova-manage cell_v2 discover_hosts (or [scheduler] "
+                "discover_hosts_in_cells_interval there)"
+            )
+            return
         if admin_cloud_name(self.site) is False:
             ctx.note(
                 "no admin cloud known (os_cloud, OS_CLOUD, OS_AUTH_URL): "

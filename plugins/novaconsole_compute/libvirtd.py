@@ -30,12 +30,18 @@ LIBVIRT_URI = "qemu:///system"
 LIBVIRT_PROGRAMS = ("virtlogd", "libvirtd")
 
 
-def libvirt_specs(libvirtd: str) -> list[ServiceSpec]:
-    """virtlogd (QEMU's log handler) and libvirtd, both in the foreground (no ``-d``)."""
+def libvirt_specs(libvirtd: str, listen: bool = False) -> list[ServiceSpec]:
+    """virtlogd (QEMU's log handler) and libvirtd, both in the foreground (no ``-d``).
+
+    ``listen``: libvirtd ``--listen``, without which it opens no TCP/TLS listener whatever
+    libvirtd.conf says (libvirt >= 5.6); live migration *to* this host needs one.
+    """
     sbin = libvirtd.rsplit("/", 1)[0]
     return [
         ServiceSpec(name="virtlogd", argv=(f"{sbin}/virtlogd",), stop_wait=10),
-        ServiceSpec(name="libvirtd", argv=(libvirtd,), stop_wait=15),
+        ServiceSpec(
+            name="libvirtd", argv=(libvirtd, "--listen") if listen else (libvirtd,), stop_wait=15
+        ),
     ]
 
 
@@ -143,7 +149,7 @@ class LibvirtdStep(Step[LibvirtObserved]):
         libvirtd = probe_libvirt().libvirtd
         if libvirtd is None:
             raise StepFailed(f"libvirtd is not installed ({facts.libvirt})")
-        return libvirt_specs(libvirtd)
+        return libvirt_specs(libvirtd, listen=self.site.libvirtd_listen)
 
     def check(self, ctx: RunContext) -> LibvirtObserved:
         facts = facts_for(ctx, self.site)

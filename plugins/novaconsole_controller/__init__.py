@@ -9,11 +9,13 @@ does) or through the ``novaconsole_provision_steps`` hook.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novaconsole.hookspecs import hookimpl
-from novaconsole.site import Site
-from novaconsole.steps import Step
+
+if TYPE_CHECKING:  # every command loads this plugin; few provision
+    from novaconsole.site import Site
+    from novaconsole.steps import Step
 
 
 def controller_steps(site: Site) -> list[Step[Any]]:

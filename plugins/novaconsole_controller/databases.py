@@ -135,8 +135,9 @@ class ServerDatabaseStep(Step[ServerObserved]):
         user: str | None = None,
         databases: tuple[str, ...] | None = None,
     ) -> None:
-        if site.database_url is None:
-            raise ConfigError("ServerDatabaseStep needs Site.database_url")
+        server_url = site.database_url_for(service)
+        if server_url is None:
+            raise ConfigError("ServerDatabaseStep needs a database server for " + service)
         self.site = site
         self.service = service
         self.user = valid_identifier(user or database_user(service), "database user")
@@ -145,7 +146,7 @@ class ServerDatabaseStep(Step[ServerObserved]):
             for db in (databases or SERVICE_DATABASES[service])
         )
         self.secret_name = SERVICE_DB_SECRETS[service]
-        self.server = parse_server_url(site.database_url)
+        self.server = parse_server_url(server_url)
         self.name = f"controller.database.{service}"
         self.description = (
             f"databases {', '.join(self.databases)} and grants for '{self.user}' "
@@ -295,7 +296,7 @@ def database_steps(site: Site) -> list[Step[Any]]:
                 f"{site.source}: unknown extra service {service!r} "
                 f"(use {', '.join(s for s in SERVICE_DATABASES if s != 'nova')})"
             )
-        if site.database_url is None:
+        if site.database_url_for(service) is None:
             steps.append(SqliteDatabaseStep(site, service))
         else:
             steps.append(ServerDatabaseStep(site, service))

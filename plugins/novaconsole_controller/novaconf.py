@@ -213,8 +213,10 @@ def controller_options(
             **_service_auth(site, auth, user, password),
             "region_name": site.region,
             "endpoint_override": site.neutron_url,
-            "service_metadata_proxy": "false",
+            "service_metadata_proxy": "true" if site.metadata_api else "false",
         }
+        if site.metadata_api:
+            wanted["neutron"]["metadata_proxy_shared_secret"] = site.secret("METADATA_SECRET")
     if not controller:
         # A compute node has no database access (the guide's compute section) and runs
         # none of the controller's workers or proxies.

@@ -377,7 +377,7 @@ class MapCell0Step(_SchemaStep):
     description = "nova-manage cell_v2 map_cell0"
 
     def _args(self) -> list[str]:
-        if self.site.uses_sqlite:
+        if self.site.database_url_for("nova") is None:
             from novaconsole.dburl import connection_url
 
             # The default would be "<nova db file>_cell0"; name the file explicitly.

@@ -41,13 +41,18 @@ from novaconsole_controller.schema import nova_manage_path, query_rows
 SERVICE_NAMES = ("nova-api", "nova-conductor", "nova-scheduler", "nova-novncproxy")
 #: Run as well when the site enables Nova's serial console.
 SERIAL_PROXY = "nova-serialproxy"
+#: Run as well when the site serves Nova's metadata API (``Site.metadata_api``).
+METADATA_API = "nova-metadata-api"
+API = "nova-api"
 #: How long services get to be RUNNING and to answer on their ports.
 START_TIMEOUT = 120.0
 
 
 def service_names(site: Site) -> tuple[str, ...]:
     """The controller services this site runs."""
-    return (*SERVICE_NAMES, SERIAL_PROXY) if site.serial_console else SERVICE_NAMES
+    serial = (SERIAL_PROXY,) if site.serial_console else ()
+    metadata = (METADATA_API,) if site.metadata_api else ()
+    return (*SERVICE_NAMES, *serial, *metadata)
 
 
 def nova_bin_dir(site: Site) -> Path:
@@ -99,31 +104,35 @@ def service_specs(site: Site, *, write_shim: bool) -> list[ServiceSpec]:
         "OS_NOVA_CONFIG_DIR": str(site.nova_conf.parent),
         "OS_NOVA_CONFIG_FILES": f"api-paste.ini;{site.nova_conf.name}",
     }
-    if write_shim:
-        api = wsgi_service(
-            "nova-api",
-            module="nova.wsgi.osapi_compute",
-            port=site.nova_api_port,
-            bin_dir=bin_dir,
-            shim_dir=shim_dir,
-            env=env,
-            host=site.my_ip,
-        )
-    else:
+
+    def wsgi(name: str, module: str, port: int) -> ServiceSpec:
+        if write_shim:
+            return wsgi_service(
+                name,
+                module=module,
+                port=port,
+                bin_dir=bin_dir,
+                shim_dir=shim_dir,
+                env=env,
+                host=site.my_ip,
+            )
         # wsgi_service writes its shim module; build the same spec in a scratch directory
         # and point it at the real one, so a dry run leaves no file behind.
         with tempfile.TemporaryDirectory() as scratch:
-            api = wsgi_service(
-                "nova-api",
-                module="nova.wsgi.osapi_compute",
-                port=site.nova_api_port,
+            spec = wsgi_service(
+                name,
+                module=module,
+                port=port,
                 bin_dir=bin_dir,
                 shim_dir=Path(scratch),
                 env=env,
                 host=site.my_ip,
             )
-            argv = tuple(str(shim_dir) if a == scratch else a for a in api.argv)
-            api = dataclasses.replace(api, argv=argv)
+            argv = tuple(str(shim_dir) if a == scratch else a for a in spec.argv)
+            return dataclasses.replace(spec, argv=argv)
+
+    api = wsgi(API, "nova.wsgi.osapi_compute", site.nova_api_port)
+    metadata = [wsgi(METADATA_API, "nova.wsgi.metadata", site.metadata_port)]
     serial = [
         ServiceSpec(
             SERIAL_PROXY,
@@ -147,6 +156,7 @@ def service_specs(site: Site, *, write_shim: bool) -> list[ServiceSpec]:
             port=site.novncproxy_port,
         ),
         *(serial if site.serial_console else []),
+        *(metadata if site.metadata_api else []),
     ]
 
 

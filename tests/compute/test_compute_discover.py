@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from compute_helpers import context
 
+from novaconsole.cells import host_mapping
 from novaconsole.errors import ConfigError, ConnectionFailure
 from novaconsole.lab.venvs import Venv
 from novaconsole.site import Site
 from novaconsole.steps import Status, run_step
-from novaconsole_compute.discover import DiscoverHostsStep, host_mapping
+from novaconsole_compute.discover import DiscoverHostsStep
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,25 @@ def test_timeout_names_host_trap_and_log(discover_site: Site) -> None:
     assert "discover_hosts --verbose" in error  # the fix
     # nova-manage really ran, and said what it found.
     assert any("Found 0 cell mappings" in line for line in lines), lines
+
+
+def test_separate_node_waits_for_its_service_not_the_mapping(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No API database in nova.conf: a compute node of its own; the controller maps it."""
+    site.nova_conf.parent.mkdir(parents=True)
+    site.nova_conf.write_text("[DEFAULT]\n")
+    site.os_cloud = "somecloud"
+    step = DiscoverHostsStep(site)
+    states = iter(["missing", "down", "up", "up"])
+    step.service_state = lambda ctx, host: next(states)  # type: ignore[method-assign]
+    ctx = context(site)
+    observed = step.check(ctx)
+    assert observed.separate
+    assert step.plan(ctx, observed) == [
+        "wait for nova-compute on node1 to register and report up "
+        "(the controller then maps it: nova-manage cell_v2 discover_hosts)"
+    ]
+    monkeypatch.setattr("novaconsole_compute.discover.POLL", 0.01)
+    step.apply(ctx, [])  # polls until "up"
+    assert any("map it to a cell from the controller" in n for n in ctx.notes)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from novaconsole.cells import host_mapping
 from novaconsole.cloud import connect
 from novaconsole.iniconf import IniDocument
 from novaconsole.lab.config import LabConfig, load_or_create_secrets
@@ -15,7 +16,7 @@ from novaconsole.lab.runner import lab_site
 from novaconsole.site import Site
 from novaconsole.steps import RunContext, Status, run_steps
 from novaconsole_compute import compute_steps, host_facts
-from novaconsole_compute.discover import api_db_url, host_mapping
+from novaconsole_compute.discover import api_db_url
 from novaconsole_compute.libvirtd import LIBVIRT_PROGRAMS, LIBVIRT_URI, libvirt_answers
 from novaconsole_compute.runtime import keeper_for
 

@@ -39,6 +39,9 @@ def test_daemons_run_in_the_foreground() -> None:
     assert specs[1].argv == ("/usr/sbin/libvirtd",)
     for spec in specs:
         assert "-d" not in spec.argv  # supervisord keeps the pid; `lab down` stops it
+    # A host that takes live migrations: libvirtd opens its TCP/TLS listeners only so.
+    listening = libvirt_specs("/usr/sbin/libvirtd", listen=True)
+    assert listening[1].argv == ("/usr/sbin/libvirtd", "--listen")
 
 
 def test_libvirt_answers_in_process() -> None:

@@ -130,7 +130,20 @@ def _cache_debs(config: LabConfig, busybox: bytes = b"\x7fELF busybox") -> None:
     make_deb(
         config.guest_cache_dir,
         KERNEL,
-        {"boot/vmlinuz-9.9.9-test-amd64": b"MZ kernel", "lib/modules/9.9.9/x.ko": b"module"},
+        {
+            "boot/vmlinuz-9.9.9-test-amd64": b"MZ kernel",
+            "lib/modules/9.9.9/x.ko": b"module",
+            **{
+                f"lib/modules/9.9.9/kernel/{where}/{name}.ko": f"{name} module".encode()
+                for where, names in (
+                    ("drivers/virtio", ("virtio", "virtio_ring", "virtio_pci")),
+                    ("drivers/virtio", ("virtio_pci_legacy_dev", "virtio_pci_modern_dev")),
+                    ("net/core", ("failover",)),
+                    ("drivers/net", ("net_failover", "virtio_net")),
+                )
+                for name in names
+            },
+        },
     )
     make_deb(config.guest_cache_dir, BUSYBOX, {"bin/busybox": busybox})
 
@@ -155,6 +168,14 @@ def test_build_step_builds_once_then_changes_nothing(config: LabConfig) -> None:
     assert members["init"].mode & 0o755 == 0o755
     assert stat.S_ISCHR(members["dev/console"].mode)
     assert BANNER.encode() in members["etc/rc.sysinit"].data
+    # Networking: the three modules from the kernel package, DHCP and a web page.
+    for module in ("virtio", "virtio_pci", "failover", "net_failover", "virtio_net"):
+        assert members[f"lib/modules/{module}.ko"].data == f"{module} module".encode()
+        assert b"insmod /lib/modules/$m.ko" in members["etc/rc.sysinit"].data
+    assert b"udhcpc -i eth0" in members["etc/rc.sysinit"].data
+    assert members["etc/udhcpc.script"].mode & 0o755 == 0o755
+    assert b"169.254.169.254" in members["etc/udhcpc.script"].data
+    assert b"hello over the network" in members["www/index.html"].data
     assert b"ttyS0::respawn:" in members["etc/inittab"].data
     assert b"tty1::respawn:" in members["etc/inittab"].data
     build = json.loads((guest / "build.json").read_text())

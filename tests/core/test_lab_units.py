@@ -7,6 +7,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -14,10 +15,17 @@ import yaml
 from novaconsole.errors import ConfigError, ConnectionFailure, NovaconsoleError
 from novaconsole.lab.cli import checked_db_url
 from novaconsole.lab.config import LabConfig, load_or_create_secrets
-from novaconsole.lab.generic import FileStep, key_error_line, render_ini
+from novaconsole.lab.generic import FileStep, ServicesStep, key_error_line, render_ini
 from novaconsole.lab.runner import parse_port_overrides, preflight
-from novaconsole.lab.steps import CloudsYamlStep, admin_openrc
-from novaconsole.services import ServiceSpec, Supervisor, render_program, wsgi_service
+from novaconsole.lab.stack.keystone import CloudsYamlStep, admin_openrc
+from novaconsole.services import (
+    ServiceKeeper,
+    ServiceSpec,
+    ServiceState,
+    Supervisor,
+    render_program,
+    wsgi_service,
+)
 from novaconsole.site import SECRET_NAMES
 from novaconsole.steps import RunContext, Status, run_steps
 
@@ -193,10 +201,10 @@ def test_novnc_files_unpack_from_debians_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The path a non-root operator gets: noVNC unpacked from the .deb, no install."""
-    import novaconsole.lab.steps as lab_steps
+    from novaconsole.lab.stack import host
 
-    monkeypatch.setattr(lab_steps, "novnc_dir", lambda config: config.data_dir / "novnc")
-    step = lab_steps.NoVNCStep(LabConfig(state_dir=tmp_path))
+    monkeypatch.setattr(host, "novnc_dir", lambda config: config.data_dir / "novnc")
+    step = host.NoVNCStep(LabConfig(state_dir=tmp_path))
     report = run_steps([step], RunContext())
     assert report.results[0].status is Status.CHANGED, report.results[0].error
     assert (tmp_path / "data" / "novnc" / "vnc_lite.html").is_file()
@@ -224,13 +232,13 @@ class _FakeComputeAPI:
 def test_services_up_wait_rides_out_a_dropped_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from novaconsole.lab import steps as lab_steps
+    from novaconsole.lab.stack.finish import ComputeServicesUpStep
 
-    monkeypatch.setattr("novaconsole.lab.steps.time.sleep", lambda _s: None)
+    monkeypatch.setattr("novaconsole.lab.stack.finish.time.sleep", lambda _s: None)
     api = _FakeComputeAPI()
     ctx = RunContext()
     ctx.cache["lab-cloud"] = SimpleNamespace(compute=api)
-    step = lab_steps.ComputeServicesUpStep()
+    step = ComputeServicesUpStep()
     step.apply(ctx, ["wait for nova-compute@vm to report up"])
     assert api.calls == 3
 
@@ -256,15 +264,17 @@ def test_venv_marker_names_our_plugin_by_content_not_by_checkout_path(tmp_path: 
 def test_broker_plan_says_whether_it_installs_or_only_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from novaconsole.lab.steps import RabbitStep
+    from novaconsole.lab.stack.rabbit import RabbitStep
 
     step = RabbitStep(LabConfig(state_dir=tmp_path), "pw")
     down = {"up": False, "auth": False, "perms": False}
-    monkeypatch.setattr("novaconsole.lab.steps.shutil.which", lambda _name: None)
+    monkeypatch.setattr("novaconsole.lab.stack.rabbit.shutil.which", lambda _name: None)
     assert step.plan(RunContext(), down)[0] == (
         "install rabbitmq-server (Debian) and start it (none answers on 5672)"
     )
-    monkeypatch.setattr("novaconsole.lab.steps.shutil.which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(
+        "novaconsole.lab.stack.rabbit.shutil.which", lambda name: f"/usr/sbin/{name}"
+    )
     assert (
         step.plan(RunContext(), down)[0] == "start a local rabbitmq-server (none answers on 5672)"
     )
@@ -275,9 +285,9 @@ def test_every_lab_venv_is_pinned_by_a_constraints_file_recorded_by_content(
 ) -> None:
     import re
 
-    from novaconsole.lab.venvs import lab_venvs
+    from novaconsole.lab.venvs import lab_venvs, on_demand_venvs
 
-    for venv in lab_venvs(tmp_path).values():
+    for venv in [*lab_venvs(tmp_path).values(), *on_demand_venvs(tmp_path).values()]:
         pins = dict(
             line.split("==", 1)
             for line in venv.constraints.read_text().splitlines()
@@ -294,3 +304,44 @@ def test_every_lab_venv_is_pinned_by_a_constraints_file_recorded_by_content(
         # A changed pin list must reinstall the venv (and re-run the db syncs keyed on it).
         recorded = [p for p in venv.wanted() if p.startswith("constraints#")]
         assert len(recorded) == 1
+
+
+class _KeeperFake:
+    """A fake service keeper (only what ServicesStep.apply calls): its states are given."""
+
+    def __init__(self, state_dir: Path, states: dict[str, ServiceState]) -> None:
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.states = states
+        self.installed: list[str] = []
+
+    def status(self) -> dict[str, ServiceState]:
+        return self.states
+
+    def install(self, specs: list[ServiceSpec]) -> list[str]:
+        self.installed += [s.name for s in specs]
+        return []
+
+    def apply(self, restart: list[str]) -> None:
+        return None
+
+    def wait_running(self, names: list[str], timeout: float) -> dict[str, ServiceState]:
+        return self.states
+
+
+def test_services_step_counts_a_program_still_starting_as_the_ports_owner(
+    tmp_path: Path, listener: int
+) -> None:
+    # A keeper restarted after the machine (or the session that ran it) went away starts
+    # every program at once; one still STARTING has no pid yet but already holds its port.
+    spec = ServiceSpec("ovn-sb-db", ("/bin/true",), port=listener)
+    starting = _KeeperFake(tmp_path, {"ovn-sb-db": ServiceState("ovn-sb-db", "STARTING", None)})
+    step = ServicesStep("lab.demo", cast(ServiceKeeper, starting), [spec])
+    step.apply(RunContext(), ["start ovn-sb-db"])
+    assert starting.installed == ["ovn-sb-db"]
+    # Stopped, the program holds nothing: whoever holds the port is someone else.
+    stopped = _KeeperFake(tmp_path, {"ovn-sb-db": ServiceState("ovn-sb-db", "STOPPED", None)})
+    step = ServicesStep("lab.demo", cast(ServiceKeeper, stopped), [spec])
+    with pytest.raises(NovaconsoleError, match=f"port {listener} on 127.0.0.1 is already taken"):
+        step.apply(RunContext(), ["start ovn-sb-db"])
+    assert stopped.installed == []

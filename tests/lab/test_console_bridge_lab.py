@@ -19,14 +19,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from labtools import novaconsole_cmd, run_novaconsole
+from labtools import boot_lab_server, novaconsole_cmd, pick_image_and_flavor, run_novaconsole
 
 from novaconsole.vnc.bridge import LOG, ConsoleBridge
 from novaconsole.vnc.framebuffer import Framebuffer
 from novaconsole.vnc.png import read_png_rgb
-from novaconsole.vnc.probe import probe_vnc_server
+from novaconsole.vnc.probe import ProbeError, probe_vnc_server
 from novaconsole.vnc.routes import ServerInfo, make_route
 from novaconsole.vnc.session import RfbSession
 
@@ -43,46 +44,12 @@ class LabServer:
     image: str
 
 
-def _pick_image_and_flavor(conn: Any) -> tuple[Any, Any]:
-    images = [i for i in conn.image.images() if i.status == "active"]
-    assert images, "the lab has no active image"
-    guests = [i for i in images if i.name == GUEST_IMAGE]
-    image = guests[0] if guests else min(images, key=lambda i: i.size or 0)
-    fits = [
-        f
-        for f in conn.compute.flavors()
-        if f.ram >= (image.min_ram or 0) and (f.disk == 0 or f.disk >= (image.min_disk or 0))
-    ]
-    assert fits, f"no flavor fits image {image.name!r}"
-    return image, min(fits, key=lambda f: (f.ram, f.vcpus, f.disk))
-
-
 @pytest.fixture(scope="module")
 def lab_server(lab_cloud: str) -> Iterator[LabServer]:
-    import openstack
-
-    conn = openstack.connect(cloud=lab_cloud)
-    image, flavor = _pick_image_and_flavor(conn)
-    server = conn.compute.create_server(
-        name=f"bridge-test-{uuid.uuid4().hex[:8]}",
-        image_id=image.id,
-        flavor_id=flavor.id,
-        networks="none",
-    )
-    try:
-        try:
-            server = conn.compute.wait_for_server(
-                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
-            )
-        except openstack.exceptions.ResourceFailure:
-            fault = conn.compute.get_server(server).fault or {}
-            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
+    with boot_lab_server(lab_cloud, "bridge-test", prefer_guest=True) as booted:
+        server = booted.server
         info = ServerInfo(server.id, server.name, server.status, server.compute_host)
-        yield LabServer(conn, server, info, str(image.name))
-    finally:
-        conn.compute.delete_server(server, ignore_missing=True)
-        conn.compute.wait_for_delete(server, interval=1, wait=600)
-        conn.close()
+        yield LabServer(booted.conn, server, info, booted.image)
 
 
 @pytest.fixture
@@ -249,13 +216,17 @@ def test_cli_vnc_port_serves_one_client(lab_server: LabServer, lab_cloud: str) -
         data = _read_json(proc.stdout)  # type: ignore[arg-type]
         host, _, port = data["vnc"].rpartition(":")
         assert host == "127.0.0.1"
-        hs = probe_vnc_server(host, int(port), timeout=60)
+        password = data["vnc_password"]
+        with pytest.raises(ProbeError, match="requires authentication"):
+            probe_vnc_server(host, int(port), timeout=60)  # no password: not served
+        hs = probe_vnc_server(host, int(port), timeout=60, password=password)
         assert lab_server.server.instance_name in hs.name
     finally:
         code, err = _finish(proc)
     assert code == 0, err
     assert "session ended (client closed)" in err
     assert "token" not in err
+    assert password not in err
 
 
 def test_cli_browser_with_chromium(lab_server: LabServer, lab_cloud: str) -> None:
@@ -267,10 +238,13 @@ def test_cli_browser_with_chromium(lab_server: LabServer, lab_cloud: str) -> Non
     proc = _console_process(lab_server.info.id, "--browser", "-f", "json", "--os-cloud", lab_cloud)
     try:
         data = _read_json(proc.stdout)  # type: ignore[arg-type]
+        # No graphical browser in the test's environment: the one-time URL is printed.
+        assert data["opened_in_browser"] is False
         url = data["url"]
         assert url.startswith("http://127.0.0.1:")
+        assert "/launch/" in url
         assert data["upstream"].startswith("nova-novncproxy at")
-        ticket = url.rpartition("%3Dtoken%3D")[2] or url.rpartition("token%3D")[2]
+        ticket = parse_qs(urlsplit(url).query)["ticket"][0]
         with (
             ConsoleBridge() as ours,
             _bridged(ours, lab_server, "direct") as reference,
@@ -302,17 +276,39 @@ def test_cli_browser_with_chromium(lab_server: LabServer, lab_cloud: str) -> Non
 def test_open_console_hook_gives_a_working_one_time_url(
     lab_server: LabServer, lab_cloud: str
 ) -> None:
+    import http.client
+
     from novaconsole_consoles import novaconsole_open_console
 
     url = novaconsole_open_console(server_id=lab_server.info.id, cloud=lab_cloud)
-    assert url is not None
-    assert "/vnc_lite.html?" in url
-    with RfbSession.open_url(url, timeout=60) as session:
-        assert lab_server.server.instance_name in session.handshake.name
-    from novaconsole.vnc.probe import ProbeError, probe_console
+    assert url is not None  # no graphical browser here: the one-time launch URL
+    parts = urlsplit(url)
+    assert parts.path == f"/launch/{lab_server.info.id}"
 
-    with pytest.raises(ProbeError, match="HTTP 403 ticket already used"):
-        probe_console(url, timeout=30)
+    def load() -> http.client.HTTPResponse:
+        http_conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        http_conn.request("GET", f"{parts.path}?{parts.query}")
+        return http_conn.getresponse()
+
+    first = load()
+    assert first.status == 303
+    location = first.getheader("Location") or ""
+    assert "ticket" not in location
+    assert "token" not in location
+    cookie = (first.getheader("Set-Cookie") or "").partition(";")[0]
+    import websocket
+
+    ws = websocket.create_connection(
+        f"ws://{parts.netloc}/websockify/{lab_server.info.id}",
+        timeout=60,
+        subprotocols=["binary"],
+        header=[f"Cookie: {cookie}"],
+    )
+    try:
+        assert ws.recv()[:4] == b"RFB "
+    finally:
+        ws.close()
+    assert load().status == 403  # spent: a copy of the URL opens nothing
 
 
 def test_verify_console(lab_server: LabServer, lab_cloud: str) -> None:
@@ -368,6 +364,86 @@ def test_unknown_server_is_one_line(lab_cloud: str) -> None:
     )
 
 
+def test_nova_proxy_down_is_one_line_and_direct_still_works(
+    lab_server: LabServer, lab_cloud: str, tmp_path: Any
+) -> None:
+    """nova-novncproxy not answering, without stopping the shared lab's own: Nova's real
+    console URL and token, sent to a port nothing listens on (``--proxy-url``), is what a
+    stopped proxy looks like from here (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    out = tmp_path / "screen.png"
+    proc = run_novaconsole(
+        "console", lab_server.info.id, "--via", "nova", "--proxy-url", f"http://127.0.0.1:{dead}",
+        "--screenshot", str(out), "--os-cloud", lab_cloud, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"novaconsole: error: nova-novncproxy at 127.0.0.1:{dead} (--proxy-url) is not "
+        "answering: connection refused; `--via direct` reaches the compute node's VNC "
+        "server without it"
+    )
+    assert not out.exists()
+    # The same command's browser mode fails the same way before it serves anything.
+    proc = run_novaconsole(
+        "console", lab_server.info.id, "--proxy-url", f"http://127.0.0.1:{dead}", "--url",
+        "--os-cloud", lab_cloud, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "(--proxy-url) is not answering: connection refused" in proc.stderr
+    # Bypassing the proxy still shows the screen.
+    proc = run_novaconsole(
+        "console", lab_server.info.id, "--via", "direct", "--screenshot", str(out),
+        "--os-cloud", lab_cloud, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert read_png_rgb(out.read_bytes())[0] > 0
+    # And --proxy-url at the lab's real proxy works: the override itself is sound.
+    proc = run_novaconsole(
+        "console", lab_server.info.id, "--proxy-url", "http://127.0.0.1:6080",
+        "--screenshot", str(out), "-f", "json", "--os-cloud", lab_cloud, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["upstream"] == "nova-novncproxy at 127.0.0.1:6080"
+
+
+def test_server_in_error_is_one_line(lab_cloud: str) -> None:
+    """A server Nova could not place (ERROR, no valid host: its flavor requires a trait no
+    provider has) has no console: one line, exit 2."""
+    import openstack
+
+    conn = openstack.connect(cloud=lab_cloud)
+    suffix = uuid.uuid4().hex[:8]
+    flavor = conn.compute.create_flavor(name=f"consoles-nowhere-{suffix}", ram=128, vcpus=1, disk=0)
+    server = None
+    try:
+        conn.compute.create_flavor_extra_specs(
+            flavor, {"trait:CUSTOM_CONSOLES_NOWHERE": "required"}
+        )
+        image, _ = pick_image_and_flavor(conn)
+        server = conn.compute.create_server(
+            name=f"consoles-error-{suffix}", image_id=image.id, flavor_id=flavor.id, networks="none"
+        )
+        server = conn.compute.wait_for_server(
+            server, status="ERROR", failures=["ACTIVE"], interval=1, wait=300
+        )
+        proc = run_novaconsole("console", server.id, "--os-cloud", lab_cloud, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        assert proc.stderr.strip() == (
+            f"novaconsole: error: server {server.name} ({server.id}) in cloud {lab_cloud!r} "
+            "is ERROR: Nova serves a console only while it runs"
+        )
+    finally:
+        if server is not None:
+            conn.compute.delete_server(server, ignore_missing=True)
+            conn.compute.wait_for_delete(server, interval=1, wait=300)
+        conn.compute.delete_flavor(flavor, ignore_missing=True)
+        conn.close()
+
+
 def test_cli_serial_runs_a_command_and_detaches(lab_server: LabServer, lab_cloud: str) -> None:
     """`console --serial` on a pipe: a command reaches the guest's ttyS0 shell, Ctrl-] detaches."""
     import select
@@ -387,8 +463,10 @@ def test_cli_serial_runs_a_command_and_detaches(lab_server: LabServer, lab_cloud
         deadline = time.monotonic() + 180
         next_try = 0.0
         # Readiness: the shell may still be starting; the command is sent until answered.
-        # The answer is a line of its own ("...: not found" would mean the line was cut).
-        while b"\nbridge-serial-42\r" not in seen and time.monotonic() < deadline:
+        # The answer is a line of its own ("...: not found" would mean the line was cut);
+        # both commands' answers, before detaching (on a busy machine `uname` answers later).
+        answers = (b"\nbridge-serial-42\r", b"\nLinux\r")
+        while not all(a in seen for a in answers) and time.monotonic() < deadline:
             if time.monotonic() >= next_try:
                 proc.stdin.write(b"echo bridge-serial-$((6*7)); uname -s\n")
                 proc.stdin.flush()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import termios
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ui"))
 
 from console_helpers import settle
+from labtools import boot_lab_server
 from textual.pilot import Pilot
 
 from novaconsole.sources.openstack_source import OpenStackSource, open_cloud_source
@@ -54,47 +54,10 @@ class LabServer:
         return self.image == GUEST_IMAGE
 
 
-def _pick_image_and_flavor(conn: Any) -> tuple[Any, Any]:
-    images = [i for i in conn.image.images() if i.status == "active"]
-    bootable = [i for i in images if i.name == GUEST_IMAGE] or [
-        i for i in images if not i.name.endswith(("-kernel", "-ramdisk"))
-    ]
-    assert bootable, "the lab has no active image"
-    image = min(bootable, key=lambda i: i.size or 0)
-    fits = [
-        f
-        for f in conn.compute.flavors()
-        if f.ram >= (image.min_ram or 0) and (f.disk == 0 or f.disk >= (image.min_disk or 0))
-    ]
-    assert fits, f"no flavor fits image {image.name!r}"
-    return image, min(fits, key=lambda f: (f.ram, f.vcpus, f.disk))
-
-
 @pytest.fixture(scope="module")
 def lab_server(lab_cloud: str) -> Iterator[LabServer]:
-    import openstack
-
-    conn = openstack.connect(cloud=lab_cloud)
-    image, flavor = _pick_image_and_flavor(conn)
-    server = conn.compute.create_server(
-        name=f"rfb-test-{uuid.uuid4().hex[:8]}",
-        image_id=image.id,
-        flavor_id=flavor.id,
-        networks="none",
-    )
-    try:
-        try:
-            server = conn.compute.wait_for_server(
-                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
-            )
-        except openstack.exceptions.ResourceFailure:
-            fault = conn.compute.get_server(server).fault or {}
-            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
-        yield LabServer(conn, server, str(image.name))
-    finally:
-        conn.compute.delete_server(server, ignore_missing=True)
-        conn.compute.wait_for_delete(server, interval=1, wait=600)
-        conn.close()
+    with boot_lab_server(lab_cloud, "rfb-test", prefer_guest=True) as booted:
+        yield LabServer(booted.conn, booted.server, booted.image)
 
 
 @pytest.fixture

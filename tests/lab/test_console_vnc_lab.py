@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from labtools import boot_lab_server
 
 from novaconsole.lab.config import LabConfig
 from novaconsole.vnc.probe import ProbeError, parse_console_url, probe_console
@@ -29,46 +30,13 @@ class LabServer:
     console_url: str
 
 
-def _pick_image_and_flavor(conn: Any) -> tuple[Any, Any]:
-    images = [i for i in conn.image.images() if i.status == "active"]
-    assert images, "the lab has no active image"
-    image = min(images, key=lambda i: i.size or 0)
-    fits = [
-        f
-        for f in conn.compute.flavors()
-        if f.ram >= (image.min_ram or 0) and (f.disk == 0 or f.disk >= (image.min_disk or 0))
-    ]
-    assert fits, f"no flavor fits image {image.name!r}"
-    return image, min(fits, key=lambda f: (f.ram, f.vcpus, f.disk))
-
-
 @pytest.fixture(scope="module")
 def lab_server(lab_cloud: str) -> Iterator[LabServer]:
-    import openstack
-
-    conn = openstack.connect(cloud=lab_cloud)
-    image, flavor = _pick_image_and_flavor(conn)
-    server = conn.compute.create_server(
-        name=f"novaconsole-vnc-probe-{uuid.uuid4().hex[:8]}",
-        image_id=image.id,
-        flavor_id=flavor.id,
-        networks="none",
-    )
-    try:
-        try:
-            # A readiness wait (boot on this host takes seconds), not a speed assertion.
-            server = conn.compute.wait_for_server(
-                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
-            )
-        except openstack.exceptions.ResourceFailure:
-            fault = conn.compute.get_server(server).fault or {}
-            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
-        console = conn.compute.create_server_remote_console(server, protocol="vnc", type="novnc")
-        yield LabServer(conn, server, str(console.url))
-    finally:
-        conn.compute.delete_server(server, ignore_missing=True)
-        conn.compute.wait_for_delete(server, interval=1, wait=600)
-        conn.close()
+    with boot_lab_server(lab_cloud, "novaconsole-vnc-probe") as booted:
+        console = booted.conn.compute.create_server_remote_console(
+            booted.server, protocol="vnc", type="novnc"
+        )
+        yield LabServer(booted.conn, booted.server, str(console.url))
 
 
 def _token(url: str) -> str:

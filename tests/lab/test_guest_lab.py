@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from labtools import boot_lab_server
 
 from novaconsole.lab.guest import (
     BANNER,
@@ -50,36 +51,16 @@ def _console_output(conn: Any, server: Any) -> str:
 
 @pytest.fixture(scope="module")
 def guest_server(lab_cloud: str) -> Iterator[GuestServer]:
-    import openstack
-
-    conn = openstack.connect(cloud=lab_cloud)
-    image = conn.image.find_image(GUEST_IMAGE, ignore_missing=True)
-    assert image is not None, f"the lab has no image {GUEST_IMAGE} (lab up uploads it)"
-    flavor = conn.compute.find_flavor(GUEST_FLAVOR, ignore_missing=False)
-    server = conn.compute.create_server(
-        name=f"guest-test-{uuid.uuid4().hex[:8]}",
-        image_id=image.id,
-        flavor_id=flavor.id,
-        networks="none",
-    )
-    try:
-        try:
-            server = conn.compute.wait_for_server(
-                server, status="ACTIVE", failures=["ERROR"], interval=1, wait=int(BOOT_DEADLINE)
-            )
-        except openstack.exceptions.ResourceFailure:
-            fault = conn.compute.get_server(server).fault or {}
-            pytest.fail(f"server went to ERROR: {fault.get('message', 'no fault recorded')}")
+    with boot_lab_server(
+        lab_cloud, "guest-test", image=GUEST_IMAGE, flavor=GUEST_FLAVOR, wait=int(BOOT_DEADLINE)
+    ) as booted:
+        conn, server = booted.conn, booted.server
         deadline = time.monotonic() + BOOT_DEADLINE
         output = _console_output(conn, server)
         while PROMPT not in output and time.monotonic() < deadline:
             time.sleep(2)
             output = _console_output(conn, server)
         yield GuestServer(conn, server, output)
-    finally:
-        conn.compute.delete_server(server, ignore_missing=True)
-        conn.compute.wait_for_delete(server, interval=1, wait=600)
-        conn.close()
 
 
 def test_guest_images_link_kernel_and_ramdisk(lab_cloud: str) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from labtools import run_novaconsole
+from labtools import boot_lab_server, run_novaconsole
 
 from novaconsole.lab.config import LabConfig
 
@@ -57,28 +57,10 @@ def wait_for_finding(lab_cloud: str, kind: str, server_id: str, seconds: float) 
 
 @pytest.fixture
 def lab_guest(lab_state: LabConfig, lab_cloud: str) -> Iterator[Any]:
-    import openstack
-
-    conn = openstack.connect(cloud=lab_cloud)
-    image = conn.image.find_image("novaconsole-test-raw")
-    flavor = conn.compute.find_flavor("nc.tiny")
-    assert image is not None
-    assert flavor is not None
-    server = conn.compute.create_server(
-        name=f"labagent-drift-{uuid.uuid4().hex[:8]}",
-        image_id=image.id,
-        flavor_id=flavor.id,
-        networks="none",
-    )
-    try:
-        server = conn.compute.wait_for_server(
-            server, status="ACTIVE", failures=["ERROR"], interval=1, wait=600
-        )
-        yield server
-    finally:
-        conn.compute.delete_server(server, ignore_missing=True)
-        conn.compute.wait_for_delete(server, interval=1, wait=600)
-        conn.close()
+    with boot_lab_server(
+        lab_cloud, "labagent-drift", image="novaconsole-test-raw", flavor="nc.tiny"
+    ) as booted:
+        yield booted.server
 
 
 def test_a_guest_destroyed_behind_novas_back_is_drift_within_seconds(

@@ -173,9 +173,9 @@ def test_hypervisors_match_hypervisor_list(observed: Observed) -> None:
 def test_verify_table_on_the_lab(lab_cloud: str) -> None:
     proc = _novaconsole("--os-cloud", lab_cloud, "verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The guide's four checks, and the lab's compute agent live (lab up runs one).
-    assert f"cloud {lab_cloud!r}: 5 passed, 0 failed" in proc.stdout
-    assert proc.stdout.count("PASS") == 5
+    # The guide's four checks, networking, and the lab's compute agent live.
+    assert f"cloud {lab_cloud!r}: 6 passed, 0 failed" in proc.stdout
+    assert proc.stdout.count("PASS") == 6
     assert "compute-agents    PASS    1 of 1 live: vm" in proc.stdout
 
 
