@@ -34,6 +34,7 @@ from typing import Any
 from novaconsole.errors import StepFailed
 from novaconsole.lab.config import LabConfig
 from novaconsole.lab.generic import FileStep, ServicesStep, run_quiet
+from novaconsole.lab.stack.host import dead_mount
 from novaconsole.services import ServiceKeeper, ServiceSpec
 from novaconsole.steps import RunContext, Step
 
@@ -179,7 +180,8 @@ class SharedInstancesStep(Step[VolumeObserved]):
             # A started volume whose brick process is gone (lab down, reboot) serves nothing.
             status = gluster(self.config, "volume", "status", VOLUME, "detail")
             started = "Online               : Y" in status.stdout
-        return VolumeObserved(exists, started, mounted_type(self.path))
+        mounted = None if dead_mount(self.path) else mounted_type(self.path)
+        return VolumeObserved(exists, started, mounted)
 
     def plan(self, ctx: RunContext, observed: VolumeObserved) -> list[str]:
         plan = []

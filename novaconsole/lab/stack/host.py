@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -125,6 +127,16 @@ class NoVNCStep(Step[bool]):
             shutil.copytree(unpacked / "usr/share/novnc", self.target, dirs_exist_ok=True)
 
 
+def dead_mount(path: Path) -> bool:
+    """A mount at ``path`` whose server is gone: a FUSE client that was killed (a reboot,
+    or the session that ran the lab ended) leaves it answering ENOTCONN to everything."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
 class InstancesDirStep(Step[list[str]]):
     """The guests' disk directory, traversable by QEMU (which runs as libvirt-qemu)."""
 
@@ -140,6 +152,9 @@ class InstancesDirStep(Step[list[str]]):
         return [self.path, *[p for p in self.path.parents if "novaconsole" in p.name]]
 
     def check(self, ctx: RunContext) -> list[str]:
+        if dead_mount(self.path):
+            # The shared-instances step mounts the volume again once glusterd runs.
+            return [f"detach the dead mount at {self.path} (its FUSE client is gone)"]
         problems = []
         for directory in self._chain():
             if not directory.is_dir():
@@ -152,6 +167,14 @@ class InstancesDirStep(Step[list[str]]):
         return observed
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
+        if dead_mount(self.path):
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
+            if dead_mount(self.path):
+                raise StepFailed(
+                    f"{self.path}: a dead mount (Transport endpoint is not connected) "
+                    "that umount -l could not detach",
+                    hint=f"umount -l {self.path}",
+                )
         self.path.mkdir(parents=True, exist_ok=True)
         for directory in self._chain():
             directory.chmod(directory.stat().st_mode | 0o711)
