@@ -152,6 +152,22 @@ class PixelFormat:
     green_shift: int
     blue_shift: int
 
+    def pack(self) -> bytes:
+        """The 16 bytes of PIXEL_FORMAT on the wire (ServerInit, SetPixelFormat)."""
+        return struct.pack(
+            ">BBBBHHHBBBxxx",
+            self.bits_per_pixel,
+            self.depth,
+            int(self.big_endian),
+            int(self.true_colour),
+            self.red_max,
+            self.green_max,
+            self.blue_max,
+            self.red_shift,
+            self.green_shift,
+            self.blue_shift,
+        )
+
 
 @dataclass(frozen=True)
 class RfbHandshake:

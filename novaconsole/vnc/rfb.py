@@ -414,20 +414,7 @@ class RfbClient:
         """Queue SetPixelFormat (the client decodes updates in this format from now on)."""
         self.codec = PixelCodec(pf)
         self._cpixel = PixelCodec(pf, compact=True)
-        self._outgoing += struct.pack(
-            ">BxxxBBBBHHHBBBxxx",
-            _SET_PIXEL_FORMAT,
-            pf.bits_per_pixel,
-            pf.depth,
-            int(pf.big_endian),
-            int(pf.true_colour),
-            pf.red_max,
-            pf.green_max,
-            pf.blue_max,
-            pf.red_shift,
-            pf.green_shift,
-            pf.blue_shift,
-        )
+        self._outgoing += struct.pack(">Bxxx", _SET_PIXEL_FORMAT) + pf.pack()
 
     def set_encodings(self, encodings: Sequence[int]) -> None:
         """Queue SetEncodings."""

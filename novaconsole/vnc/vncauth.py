@@ -106,19 +106,7 @@ def server_init_bytes(handshake: RfbHandshake) -> bytes:
     name = handshake.name.encode("utf-8")
     return (
         struct.pack(">HH", handshake.width, handshake.height)
-        + struct.pack(
-            ">BBBBHHHBBBxxx",
-            pf.bits_per_pixel,
-            pf.depth,
-            int(pf.big_endian),
-            int(pf.true_colour),
-            pf.red_max,
-            pf.green_max,
-            pf.blue_max,
-            pf.red_shift,
-            pf.green_shift,
-            pf.blue_shift,
-        )
+        + pf.pack()
         + struct.pack(">I", len(name))
         + name
     )
