@@ -254,18 +254,27 @@ class Supervisor(ServiceKeeper):
         return self.daemon_pid()
 
     def daemon_pid(self) -> int | None:
-        """supervisord's pid if it is alive."""
+        """supervisord's pid if our supervisord is alive.
+
+        The pid file outlives a killed supervisord (a reboot, a session's processes killed).
+        Its pid then names a zombie nobody reaps (a container's PID 1 need not reap) or, once
+        reused, an unrelated process: either way, asking its socket would be refused. So the
+        pid counts only for a live process running supervisord with this configuration.
+        """
         try:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return None
-        except PermissionError:
-            return pid
-        return pid
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # supervisord's console script runs as "python .../bin/supervisord -c CONF".
+        words = [os.fsdecode(a) for a in argv]
+        ours = any(Path(w).name == "supervisord" for w in words) and str(self.conf) in words
+        return pid if ours else None
 
     def ctl(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run(

@@ -6,9 +6,11 @@ them under a real systemd is tests/core/test_systemd_keeper.py and the MariaDB l
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,52 @@ def test_unwritable_unit_dir_is_one_line_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         keeper.install([spec()])
     assert caught.value.one_line().startswith(f"cannot write systemd units in {blocker / 'units'}")
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited and that nobody has reaped yet."""
+    child = subprocess.Popen(["true"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    for _ in range(200):
+        if stat.read_text().rsplit(") ", 1)[-1][:1] == "Z":
+            return child
+        time.sleep(0.01)
+    raise AssertionError("the child did not exit")
+
+
+def test_a_stale_supervisord_pid_file_does_not_count_as_a_running_keeper(tmp_path: Path) -> None:
+    # After every process was killed (a reboot, a session's end) the pid file stays. Its pid
+    # names a zombie PID 1 never reaped, or a process that reused the number: lab up must start
+    # a new supervisord rather than ask a dead socket (CI failed on exactly this).
+    keeper = Supervisor(tmp_path, tmp_path / "bin")
+    zombie = _zombie()
+    try:
+        keeper.pidfile.write_text(f"{zombie.pid}\n")
+        assert keeper.daemon_pid() is None
+    finally:
+        zombie.wait()
+    keeper.pidfile.write_text(f"{os.getpid()}\n")  # alive, but pytest is not supervisord
+    assert keeper.daemon_pid() is None
+    keeper.pidfile.write_text("not a pid\n")
+    assert keeper.daemon_pid() is None
+
+
+def test_a_live_supervisord_with_this_configuration_counts(tmp_path: Path) -> None:
+    keeper = Supervisor(tmp_path, tmp_path / "bin")
+    # The command line supervisord's console script runs with; another lab's differs only in -c.
+    script = "import time; time.sleep(60)"
+    ours = subprocess.Popen(
+        [sys.executable, "-c", script, "/v/bin/supervisord", "-c", str(keeper.conf)]
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", script, "/v/bin/supervisord", "-c", str(tmp_path / "other.conf")]
+    )
+    try:
+        keeper.pidfile.write_text(f"{ours.pid}\n")
+        assert keeper.daemon_pid() == ours.pid
+        keeper.pidfile.write_text(f"{other.pid}\n")
+        assert keeper.daemon_pid() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
