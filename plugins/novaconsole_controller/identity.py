@@ -199,6 +199,11 @@ def keystone_connection(ctx: RunContext, cloud: str | None) -> Any:
     return conn
 
 
+def drop_connection(ctx: RunContext, cloud: str | None) -> None:
+    """Forget the run's connection, so the next step logs in again (a fresh catalog)."""
+    ctx.cache.pop(f"openstacksdk:{cloud or '<env>'}", None)
+
+
 def password_authenticates(auth_url: str, user: str, password: str, domain_id: str) -> bool:
     """True when ``user`` gets an (unscoped) token with ``password``."""
     from keystoneauth1 import exceptions as ka
@@ -535,6 +540,11 @@ class IdentityStep(Step[IdentityObserved]):
         actions = diff_identity(observed, self.wanted)
         conn = keystone_connection(ctx, self.site.os_cloud)
         apply_actions(conn, self.wanted, observed, actions, self._passwords(), ctx.log)
+        if any(a.kind.startswith(("service", "endpoint", "region")) for a in actions):
+            # The connection's token carries the catalog as it was before these services
+            # and endpoints existed, and openstacksdk caches a proxy it found no endpoint
+            # for as disabled: later steps (discover_hosts asking nova-api) need a new one.
+            drop_connection(ctx, self.site.os_cloud)
         self._fresh = frozenset(a.args[0] for a in actions if a.kind in ("user", "password"))
 
     def verify(self, ctx: RunContext) -> None:

@@ -18,6 +18,7 @@ from novaconsole_controller.identity import (
     IdentityWanted,
     ServiceIdentity,
     diff_identity,
+    keystone_connection,
     remove_identity,
     wanted_identity,
 )
@@ -175,13 +176,23 @@ def test_keystone_create_converge_and_repair(
 ) -> None:
     site, wanted, conn = throwaway_identity
     step = IdentityStep(site, wanted)
-    first = run_steps([step], RunContext())
+    ctx = RunContext()
+    before = keystone_connection(ctx, site.os_cloud)
+    before.authorize()  # a token whose catalog has none of the services about to be made
+    first = run_steps([step], ctx)
     assert first.results[0].status is Status.CHANGED, first.results[0].error
     assert len(first.results[0].changes) == 2 + 2 * (1 + 2 + 1 + 3)
+    # Later steps of the run (discover_hosts asks nova-api) see the new endpoints.
+    nova = wanted.services[0]
+    after = keystone_connection(ctx, site.os_cloud)
+    assert after is not before
+    found = after.session.get_endpoint(
+        service_type=nova.type, interface="public", region_name=wanted.region
+    )
+    assert found == nova.url
     again = run_steps([step], RunContext())
     assert again.results[0].status is Status.OK, again.results[0].changes
 
-    nova = wanted.services[0]
     service = next(s for s in conn.identity.services() if s.type == nova.type)
     endpoints = list(conn.identity.endpoints(service_id=service.id))
     assert sorted(e.interface for e in endpoints) == ["admin", "internal", "public"]
