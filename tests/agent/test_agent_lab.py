@@ -235,3 +235,55 @@ def test_virsh_destroy_is_a_lifecycle_event(
         timeout=30,
     )
     assert change
+
+
+def test_lab_libvirtd_restart_is_reconnected_and_resynced(
+    lab_server: Any,
+    lab_agent: tuple[ConsoleBus, Recorder, str],
+    lab_state: LabConfig,
+    lab_cloud: str,
+) -> None:
+    # The lab's own libvirtd (QEMU driver, the keeper's program) restarted under the agent
+    # and under nova-compute, as an operator's package upgrade does. Guests keep running
+    # (QEMU outlives libvirtd); the agent reconnects and resyncs, and Nova still sees the host.
+    import openstack
+
+    from novaconsole.lab.runner import keeper_for
+
+    bus, got, host = lab_agent
+    before = len(got.inventories())
+    keeper = keeper_for(lab_state)
+    keeper.apply(restart=["libvirtd"])
+    keeper.wait_running(["libvirtd"], timeout=60)
+    resync = wait_for(
+        "a resync inventory after libvirtd's restart",
+        lambda: [
+            m
+            for m in got.inventories()[before:]
+            if m.body.get("cause") == "resync" and m.body["libvirt_connected"]
+        ],
+        timeout=90,
+    )[0]
+    # The guest is as virsh says (running, or shut off if the destroy test ran first).
+    domains = {d["uuid"]: d["state"] for d in resync.body["domains"]}
+    assert domains.get(lab_server.id) == virsh("domstate", lab_server.instance_name).strip()
+    inventory, listed = _stable_inventory(bus, host)
+    assert {d.uuid: (d.name, d.state) for d in inventory.domains} == listed
+    # nova-compute reconnected too: its service stays up and it still reports the guest.
+    conn = openstack.connect(cloud=lab_cloud)
+    try:
+        wait_for(
+            "nova-compute up after libvirtd's restart",
+            lambda: [
+                s
+                for s in conn.compute.services(binary="nova-compute")
+                if s.state == "up" and s.status == "enabled"
+            ],
+            timeout=90,
+        )
+        # And it still answers for the guest (the power state comes from the driver).
+        server = conn.compute.get_server(lab_server.id)
+        assert server.status in ("ACTIVE", "SHUTOFF"), server.status
+        assert server.compute_host == lab_server.compute_host
+    finally:
+        conn.close()
