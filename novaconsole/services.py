@@ -65,6 +65,14 @@ class ServiceState:
     pid: int | None
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A process one of our programs started that outlived the keeper that kept it."""
+
+    pid: int
+    program: str
+
+
 class ServiceKeeper(ABC):
     """What every service keeper offers (see the module docstring)."""
 
@@ -106,6 +114,12 @@ class ServiceKeeper(ABC):
     def manager_pid(self) -> int | None:
         """The pid of a daemon of our own that keeps the services (supervisord), if any."""
         return None
+
+    def stop_orphans(self, timeout: float = 30.0) -> list[Orphan]:
+        """Stop processes our services started that no live keeper keeps; return them.
+
+        systemd keeps every process of a unit in its cgroup, so it leaves none."""
+        return []
 
     def describe(self) -> str:
         """Where the services are kept, for people."""
@@ -276,6 +290,47 @@ class Supervisor(ServiceKeeper):
         ours = any(Path(w).name == "supervisord" for w in words) and str(self.conf) in words
         return pid if ours else None
 
+    def orphans(self) -> list[Orphan]:
+        """Processes our programs started that outlived this supervisord (it was killed
+        alone: by hand, by the OOM killer). They keep their ports, so a new supervisord's
+        programs could not start; nothing would stop them either.
+
+        supervisord marks each program's environment with its own socket, and every
+        descendant inherits it (gunicorn's workers, ovs-vswitchd under its script, the
+        metadata agent's haproxy): that names them even where setproctitle changed their
+        command line. Guests are left alone: QEMU outlives libvirtd by design.
+        """
+        if self.daemon_pid() is not None:
+            return []
+        marker = f"SUPERVISOR_SERVER_URL=unix://{self.socket}".encode()
+        ours = {os.getpid(), os.getppid()}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in ours:
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker not in environ:
+                continue
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(entry / "exe")).name.startswith("qemu-system"):
+                    continue
+            key = b"SUPERVISOR_PROCESS_NAME="
+            name = next((e[len(key) :].decode() for e in environ if e.startswith(key)), "?")
+            if _alive(int(entry.name)):
+                found.append(Orphan(int(entry.name), name))
+        return found
+
+    def stop_orphans(self, timeout: float = 30.0) -> list[Orphan]:
+        found = self.orphans()
+        for orphan in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan.pid, signal.SIGTERM)
+        reap([o.pid for o in found], timeout)
+        return found
+
     def ctl(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run(
             [str(self.bin_dir / "supervisorctl"), "-c", str(self.conf), *args],
@@ -294,6 +349,8 @@ class Supervisor(ServiceKeeper):
     def start_daemon(self) -> None:
         if self.daemon_pid() is not None:
             return
+        # What a killed supervisord left running would hold the new programs' ports.
+        self.stop_orphans()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         from novaconsole.site import SECRET_NAMES
 
@@ -350,6 +407,8 @@ class Supervisor(ServiceKeeper):
             self.ctl("stop", "all", check=False)
             self.ctl("shutdown", check=False)
             pids.append(daemon)
+        else:
+            pids += [o.pid for o in self.stop_orphans(timeout)]
         return reap(pids, timeout)
 
 

@@ -79,6 +79,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
         if status["services"]:
             print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
+        if status["orphans"]:
+            left = ", ".join(f"{o['program']} (pid {o['pid']})" for o in status["orphans"])
+            print(f"supervisord is not running, but what it started is: {left}")
+            print(
+                "  `novaconsole lab up` stops and restarts them; `novaconsole lab down` stops them"
+            )
         for key, value in [*status["compute"].items(), *status["guest"].items()]:
             print(f"{key}: {value}")
         net = status["networking"]

@@ -34,7 +34,7 @@ from novaconsole.lab.stack.host import (
     VenvsStep,
 )
 from novaconsole.lab.stack.keystone import keystone_steps
-from novaconsole.lab.stack.mariadb import LocalMariaDBStep, mariadb_marker
+from novaconsole.lab.stack.mariadb import LocalMariaDBStep, StaleNeutronDatabaseStep, mariadb_marker
 from novaconsole.lab.stack.memcached import memcached_steps
 from novaconsole.lab.stack.neutron import LabNetworksStep, neutron_steps
 from novaconsole.lab.stack.placement import placement_steps
@@ -155,12 +155,13 @@ def lab_steps(config: LabConfig, pm: PluginManager, site: Site) -> list[Step[Any
         **(MARIADB_PACKAGES if local_db else {}),
         **(gluster.GLUSTER_PACKAGES if gluster.wanted(config) else {}),
     }
+    mariadb: list[Step[Any]] = [LocalMariaDBStep(config), StaleNeutronDatabaseStep(config)]
     ours: list[Step[Any]] = [
         SystemPackagesStep(packages),
         DevKvmStep(),
         VenvsStep(config),
         RabbitStep(config, site.secret("RABBIT_PASS")),
-        *([LocalMariaDBStep(config)] if local_db else []),
+        *(mariadb if local_db else []),
         *memcached_steps(config, keeper),
         *(ovnlab.ovn_steps(config, keeper, site.compute_host) if ovn else []),
         NoVNCStep(config),
@@ -212,13 +213,18 @@ def preflight(config: LabConfig) -> None:
     from novaconsole.errors import ConfigError, ConnectionFailure
     from novaconsole.services import port_owner
 
-    ours = keeper_for(config).status() if config.services_dir.exists() else {}
+    keeper = keeper_for(config) if config.services_dir.exists() else None
+    ours = keeper.status() if keeper else {}
+    # What a killed supervisord left running (lab up stops it before anything else).
+    orphaned = {o.program for o in keeper.orphans()} if isinstance(keeper, Supervisor) else set()
     for key, port in config.ports.items():
         owner = PORT_OWNERS.get(key)
         if key == "glusterd" and not gluster.wanted(config):
             continue  # only a lab of several nodes runs glusterd
         if owner in ours and ours[owner].state in ("RUNNING", "STARTING"):
             continue  # our own services hold their ports
+        if owner in orphaned:
+            continue
         if port_owner(config.host, port):
             raise ConfigError(
                 f"port {port} on {config.host} ({key}) is already taken by another process",
@@ -263,11 +269,25 @@ def _check_db_login(url: str) -> None:
         ) from exc
 
 
+def stop_orphans(keeper: ServiceKeeper, *, dry_run: bool, log: Any) -> None:
+    """Stop the lab's processes that outlived their killed supervisord (or, dry, say so)."""
+    if not isinstance(keeper, Supervisor):
+        return
+    found = keeper.orphans() if dry_run else keeper.stop_orphans()
+    if found:
+        names = ", ".join(f"{o.program} (pid {o.pid})" for o in found[:8])
+        more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+        verb = "would stop" if dry_run else "stopped"
+        log(f"  {verb} what a killed supervisord left running: {names}{more}")
+
+
 def lab_up(
     config: LabConfig, pm: PluginManager, *, dry_run: bool, reporter: Reporter, log: Any
 ) -> RunReport:
     """Stand the lab up (or converge a running one); READY marks a lab that passed."""
     preflight(config)
+    if config.services_dir.exists():
+        stop_orphans(keeper_for(config), dry_run=dry_run, log=log)
     check_computes(config.computes)
     # Some machines set PYTHONDONTWRITEBYTECODE; then every nova-manage run and service
     # start would recompile nova from source (~4 s each). The lab's processes may cache
@@ -355,6 +375,11 @@ def lab_status(config: LabConfig, pm: PluginManager) -> dict[str, Any]:
         "instances_storage": gluster.storage_status(config),
         "services_kept_by": keeper.describe(),
         "supervisor_pid": keeper.manager_pid(),
+        # Processes a killed supervisord left running (lab up and lab down stop them).
+        "orphans": [
+            {"program": o.program, "pid": o.pid}
+            for o in (keeper.orphans() if isinstance(keeper, Supervisor) else [])
+        ],
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -181,5 +182,38 @@ def test_a_live_supervisord_with_this_configuration_counts(tmp_path: Path) -> No
         assert keeper.daemon_pid() is None
     finally:
         for proc in (ours, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_processes_a_killed_supervisord_left_are_found_by_its_socket_and_stopped(
+    tmp_path: Path,
+) -> None:
+    # supervisord marks every program's environment with its socket; descendants inherit
+    # it. Once supervisord is gone, those processes are orphans this keeper must stop
+    # (they hold the ports its next programs need); another keeper's are left alone.
+    keeper = Supervisor(tmp_path / "lab", tmp_path / "bin")
+    other = Supervisor(tmp_path / "other", tmp_path / "bin")
+    script = "import time; time.sleep(60)"
+
+    def program(owner: Supervisor, name: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "SUPERVISOR_ENABLED": "1",
+            "SUPERVISOR_SERVER_URL": f"unix://{owner.socket}",
+            "SUPERVISOR_PROCESS_NAME": name,
+        }
+        return subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+
+    mine, theirs = program(keeper, "keystone"), program(other, "keystone")
+    try:
+        assert [(o.pid, o.program) for o in keeper.orphans()] == [(mine.pid, "keystone")]
+        stopped = keeper.stop_orphans(timeout=10)
+        assert [o.pid for o in stopped] == [mine.pid]
+        assert mine.wait(10) == -signal.SIGTERM
+        assert theirs.poll() is None
+        assert keeper.orphans() == []
+    finally:
+        for proc in (mine, theirs):
             proc.kill()
             proc.wait()

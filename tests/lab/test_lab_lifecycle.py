@@ -112,6 +112,55 @@ def locked_lines(log_dir: Path, since: str) -> list[str]:
     return found
 
 
+def test_lab_up_after_supervisord_alone_was_killed_stops_what_it_left(
+    lab_state: LabConfig,
+) -> None:
+    # supervisord killed alone (by hand, by the OOM killer): its programs live on, holding
+    # their ports, and no keeper answers for them. lab up stops them and starts them anew.
+    status = json.loads(
+        run_novaconsole(
+            "lab", "status", "-f", "json", "--state-dir", str(lab_state.state_dir)
+        ).stdout
+    )
+    daemon = status["supervisor_pid"]
+    assert daemon
+    # The machine's own programs (an extra node's keeper is another supervisord).
+    programs = {
+        row["service"]: row["pid"]
+        for row in status["services"]
+        if row["pid"] and "/" not in row["service"]
+    }
+    assert len(programs) >= 12
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while running(daemon) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(daemon)
+    left = [pid for pid in programs.values() if running(pid)]
+    assert len(left) == len(programs), "the programs die with supervisord: nothing to test"
+    # lab status says so, naming them.
+    seen = json.loads(
+        run_novaconsole(
+            "lab", "status", "-f", "json", "--state-dir", str(lab_state.state_dir)
+        ).stdout
+    )
+    assert seen["supervisor_pid"] is None
+    assert set(programs) <= {o["program"] for o in seen["orphans"]}
+    up = run_novaconsole("lab", "up", "--state-dir", str(lab_state.state_dir), timeout=900)
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert "stopped what a killed supervisord left running: " in up.stderr
+    assert [pid for pid in left if running(pid)] == []
+    after = json.loads(
+        run_novaconsole(
+            "lab", "status", "-f", "json", "--state-dir", str(lab_state.state_dir)
+        ).stdout
+    )
+    assert after["supervisor_pid"] not in (None, daemon)
+    states = {row["service"]: row for row in after["services"]}
+    assert {name for name in programs if states[name]["state"] != "RUNNING"} == set()
+    assert {name for name in programs if states[name]["pid"] == programs[name]} == set()
+
+
 def test_lab_up_brings_back_a_lab_whose_processes_were_all_killed(lab_state: LabConfig) -> None:
     # What a machine's lab looks like after a reboot, or after the session that started it
     # ended: every file in place, no process. The restarted keeper starts every program at
