@@ -295,32 +295,39 @@ class Supervisor(ServiceKeeper):
         alone: by hand, by the OOM killer). They keep their ports, so a new supervisord's
         programs could not start; nothing would stop them either.
 
-        supervisord marks each program's environment with its own socket, and every
-        descendant inherits it (gunicorn's workers, ovs-vswitchd under its script, the
-        metadata agent's haproxy): that names them even where setproctitle changed their
-        command line. Guests are left alone: QEMU outlives libvirtd by design.
+        Two marks name them. supervisord runs in a session of its own (its pid, in the pid
+        file) and its programs stay in it, workers and wrappers' children included; and it
+        puts its socket in each program's environment. The session is the sure one: Python
+        services' setproctitle overwrites the environment /proc shows. The environment
+        still names programs that left the session (a daemon's setsid). Guests are left
+        alone: QEMU outlives libvirtd by design.
         """
         if self.daemon_pid() is not None:
             return []
+        try:
+            session: int | None = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            session = None
+        if session is not None and _alive(session):
+            session = None  # the number is another process's now: its session is not ours
         marker = f"SUPERVISOR_SERVER_URL=unix://{self.socket}".encode()
         ours = {os.getpid(), os.getppid()}
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) in ours:
                 continue
+            pid = int(entry.name)
             try:
+                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
                 environ = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
+            except (OSError, IndexError):
                 continue
-            if marker not in environ:
+            if fields[0] == "Z" or not (int(fields[3]) == session or marker in environ):
                 continue
             with contextlib.suppress(OSError):
                 if Path(os.readlink(entry / "exe")).name.startswith("qemu-system"):
                     continue
-            key = b"SUPERVISOR_PROCESS_NAME="
-            name = next((e[len(key) :].decode() for e in environ if e.startswith(key)), "?")
-            if _alive(int(entry.name)):
-                found.append(Orphan(int(entry.name), name))
+            found.append(Orphan(pid, _program_name(entry, environ)))
         return found
 
     def stop_orphans(self, timeout: float = 30.0) -> list[Orphan]:
@@ -807,6 +814,35 @@ def wsgi_service(
         f"{shim_name}:application",
     )
     return ServiceSpec(name=name, argv=argv, env=dict(env), port=port, stop_wait=15, watch=(shim,))
+
+
+def describe_orphans(orphans: Iterable[Orphan]) -> str:
+    """``keystone (3 processes), memcached (pid 812)``: one entry per program."""
+    groups: dict[str, list[int]] = {}
+    for orphan in orphans:
+        groups.setdefault(orphan.program, []).append(orphan.pid)
+    return ", ".join(
+        f"{name} (pid {pids[0]})" if len(pids) == 1 else f"{name} ({len(pids)} processes)"
+        for name, pids in groups.items()
+    )
+
+
+def _program_name(entry: Path, environ: list[bytes]) -> str:
+    """The supervisord program a process belongs to: from its environment, else from the
+    title setproctitle gave it (``gunicorn: master [keystone]``, ``nova-conductor: ...``)."""
+    key = b"SUPERVISOR_PROCESS_NAME="
+    for item in environ:
+        if item.startswith(key):
+            return item[len(key) :].decode(errors="replace")
+    try:
+        title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return "?"
+    if "[" in title and title.endswith("]"):
+        inside = title.rsplit("[", 1)[1][:-1]
+        if inside and " " not in inside and "/" not in inside:
+            return inside  # gunicorn's --name
+    return Path(title.split(":", 1)[0].split()[0]).name if title.strip() else "?"
 
 
 def reap(pids: Iterable[int], timeout: float) -> list[int]:

@@ -80,7 +80,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if status["services"]:
             print(render_table(status["services"], ["service", "state", "pid", "port", "health"]))
         if status["orphans"]:
-            left = ", ".join(f"{o['program']} (pid {o['pid']})" for o in status["orphans"])
+            from novaconsole.services import Orphan, describe_orphans
+
+            left = describe_orphans(Orphan(o["pid"], o["program"]) for o in status["orphans"])
             print(f"supervisord is not running, but what it started is: {left}")
             print(
                 "  `novaconsole lab up` stops and restarts them; `novaconsole lab down` stops them"

@@ -46,6 +46,7 @@ from novaconsole.services import (
     Supervisor,
     SystemdUnits,
     choose_service_manager,
+    describe_orphans,
 )
 from novaconsole.site import Site
 from novaconsole.steps import Reporter, RunContext, RunReport, Step, order_by_phase, run_steps
@@ -215,15 +216,16 @@ def preflight(config: LabConfig) -> None:
 
     keeper = keeper_for(config) if config.services_dir.exists() else None
     ours = keeper.status() if keeper else {}
-    # What a killed supervisord left running (lab up stops it before anything else).
-    orphaned = {o.program for o in keeper.orphans()} if isinstance(keeper, Supervisor) else set()
+    # What a killed supervisord left running holds our ports (lab up stops it first; a
+    # dry run only says so): its programs' ports are not "taken by another process".
+    orphaned = bool(keeper.orphans()) if isinstance(keeper, Supervisor) else False
     for key, port in config.ports.items():
         owner = PORT_OWNERS.get(key)
         if key == "glusterd" and not gluster.wanted(config):
             continue  # only a lab of several nodes runs glusterd
         if owner in ours and ours[owner].state in ("RUNNING", "STARTING"):
             continue  # our own services hold their ports
-        if owner in orphaned:
+        if orphaned and owner is not None:
             continue
         if port_owner(config.host, port):
             raise ConfigError(
@@ -275,19 +277,18 @@ def stop_orphans(keeper: ServiceKeeper, *, dry_run: bool, log: Any) -> None:
         return
     found = keeper.orphans() if dry_run else keeper.stop_orphans()
     if found:
-        names = ", ".join(f"{o.program} (pid {o.pid})" for o in found[:8])
-        more = f" and {len(found) - 8} more" if len(found) > 8 else ""
         verb = "would stop" if dry_run else "stopped"
-        log(f"  {verb} what a killed supervisord left running: {names}{more}")
+        log(f"  {verb} what a killed supervisord left running: {describe_orphans(found)}")
 
 
 def lab_up(
     config: LabConfig, pm: PluginManager, *, dry_run: bool, reporter: Reporter, log: Any
 ) -> RunReport:
     """Stand the lab up (or converge a running one); READY marks a lab that passed."""
-    preflight(config)
     if config.services_dir.exists():
+        # Before the port checks: what a killed supervisord left running holds the ports.
         stop_orphans(keeper_for(config), dry_run=dry_run, log=log)
+    preflight(config)
     check_computes(config.computes)
     # Some machines set PYTHONDONTWRITEBYTECODE; then every nova-manage run and service
     # start would recompile nova from source (~4 s each). The lab's processes may cache

@@ -6,6 +6,7 @@ them under a real systemd is tests/core/test_systemd_keeper.py and the MariaDB l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,8 @@ from novaconsole.services import (
     render_unit,
 )
 from novaconsole.site import Site, site_from_mapping
+
+SLEEP = "import time; time.sleep(60)"
 
 
 def spec(**extra: object) -> ServiceSpec:
@@ -217,3 +220,30 @@ def test_processes_a_killed_supervisord_left_are_found_by_its_socket_and_stopped
         for proc in (mine, theirs):
             proc.kill()
             proc.wait()
+
+
+def test_a_killed_supervisords_session_names_programs_whose_environment_is_gone(
+    tmp_path: Path,
+) -> None:
+    # Python services' setproctitle overwrites the environment /proc shows, so the socket
+    # mark is gone from them; they are still in the dead supervisord's session.
+    keeper = Supervisor(tmp_path / "lab", tmp_path / "bin")
+    keeper.state_dir.mkdir()
+    sleeper = f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {SLEEP!r}])"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", sleeper + "; print(p.pid, flush=True)"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")},
+    )
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    assert leader.wait(10) == 0  # the session's leader (our stand-in supervisord) is gone
+    try:
+        keeper.pidfile.write_text(f"{leader.pid}\n")
+        assert [o.pid for o in keeper.orphans()] == [child]
+        assert [o.pid for o in keeper.stop_orphans(timeout=10)] == [child]
+        assert keeper.orphans() == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
