@@ -28,7 +28,9 @@ HISTORY = (
     "History: 2026-11-24 (load 1.1; no networking, guest, shared storage or agent yet): "
     "cold 78.0 s, warm 1.8 s. 2026-12-04 19:28 (OVN networking, the Linux guest, the "
     "GlusterFS volume, the agent and its broker set-up added; load 2.9, two other "
-    "engineers' environments building): cold 138.8 s, warm 6.5 s. Of the warm re-run, "
+    "engineers' environments building): cold 138.8 s, warm 6.5 s, but that lab reused an "
+    "earlier lab's Neutron database (a bug since fixed: lab.neutron.stale-database), so "
+    "Neutron's db-sync had little to do; the run above made it afresh. Of the warm re-run, "
     "the guest's packages check (dpkg, 1.6 s), the broker's users and vhosts (rabbitmqctl, "
     "1.1 + 0.9 s) and Keystone's catalog (1.1 s) take most; every other step < 0.2 s."
 )
