@@ -104,6 +104,11 @@ class BrokerPermissions:
     topic_read: str | None = None
 
 
+def agent_user(host: str) -> str:
+    """The broker user of the agent on ``host`` (provisioning makes one per agent)."""
+    return f"novaconsole-agent-{host}"
+
+
 def agent_permissions(host: str) -> BrokerPermissions:
     """The least an agent for ``host`` needs: declare the exchanges and its own three
     queues, publish on the agents exchange with its own routing keys only, and on the

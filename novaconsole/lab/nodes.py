@@ -124,6 +124,11 @@ class NodeLayout:
         return self.root / "services"
 
     @property
+    def agent_dir(self) -> Path:
+        """The node's compute agent: its key pair, config and state."""
+        return self.root / "agent"
+
+    @property
     def site_file(self) -> Path:
         return self.root / "site.toml"
 
@@ -315,6 +320,15 @@ def node_site_toml(site: Site, layout: NodeLayout, instances_path: Path) -> str:
         "service_manager": "supervisord",
         "supervisor_bin_dir": str(site.supervisor_bin_dir or site.nova_bin_dir or ""),
         "discover_timeout": site.discover_timeout,
+        # The compute agent on this node too: its own key, broker user and service under
+        # the node's keeper, on the node's libvirtd. The controller's bus directory is
+        # readable from the node (the lab shares one file system), so the enrolment that
+        # an operator does by copying files between hosts is done by the same steps.
+        "compute_agent": site.compute_agent,
+        "bus_dir": str(site.bus_dir),
+        "agent_dir": str(layout.agent_dir),
+        "agent_python": str(site.agent_python or ""),
+        "agent_heartbeat_interval": site.agent_heartbeat_interval,
     }
     lines = [f"# written by novaconsole lab: compute node {layout.name}"]
     for key, value in values.items():
@@ -498,7 +512,7 @@ def nodes_steps(config: LabConfig, site: Site) -> list[Step[Any]]:
         steps += node_steps(config, site, NodeLayout.of(config, name))
     for layout in existing_nodes(config):
         if layout.name not in wanted:
-            steps.append(NodeRemovalStep(layout, keeper_bin_dir(site)))
+            steps.append(NodeRemovalStep(layout, keeper_bin_dir(site), site.bus_dir))
     return steps
 
 
@@ -596,9 +610,14 @@ class NodeRemovalStep(Step[RemovalObserved]):
 
     phase = "discover"
 
-    def __init__(self, layout: NodeLayout, bin_dir: Path) -> None:
+    def __init__(self, layout: NodeLayout, bin_dir: Path, bus_dir: Path) -> None:
         self.layout = layout
         self.bin_dir = bin_dir
+        #: The node agent's enrolled key and broker password on the controller's side.
+        self.agent_files = (
+            bus_dir / "agent-keys" / f"{layout.name}.pub",
+            bus_dir / "agents" / f"{layout.name}.password",
+        )
         self.name = f"lab.node.{layout.name}.remove"
         self.description = f"compute node {layout.name} removed (beyond --computes)"
 
@@ -620,6 +639,13 @@ class NodeRemovalStep(Step[RemovalObserved]):
         if observed.directory:
             plan.append(f"stop compute node {observed.node} and remove {self.layout.root}")
         plan += [f"delete compute service {sid} of {observed.node}" for sid in observed.services]
+        if self.agent_files[0].exists():
+            from novaconsole.agentbus.bus import agent_user
+
+            plan.append(
+                f"un-enrol {observed.node}'s agent: remove its key from the console's "
+                f"trusted keys and its broker user {agent_user(observed.node)}"
+            )
         return plan
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
@@ -642,3 +668,24 @@ class NodeRemovalStep(Step[RemovalObserved]):
             conn.compute.delete_service(sid)
         if observed.directory:
             shutil.rmtree(self.layout.root)
+        self.unenrol_agent()
+
+    def unenrol_agent(self) -> None:
+        """The console trusts the retired node's key no more; its broker user goes too."""
+        from novaconsole.agentbus.bus import agent_user
+
+        for path in self.agent_files:
+            path.unlink(missing_ok=True)
+        if shutil.which("rabbitmqctl"):
+            proc = subprocess.run(
+                ["rabbitmqctl", "-q", "delete_user", agent_user(self.layout.name)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if proc.returncode != 0 and "no_such_user" not in proc.stdout + proc.stderr:
+                raise StepFailed(
+                    f"rabbitmqctl delete_user {agent_user(self.layout.name)}: "
+                    f"{' '.join((proc.stdout + proc.stderr).split())[:200]}"
+                )

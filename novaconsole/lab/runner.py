@@ -17,6 +17,7 @@ from novaconsole.lab.nodes import (
     check_computes,
     destroy_domains,
     existing_nodes,
+    node_names,
     nodes_steps,
     stop_node,
 )
@@ -82,7 +83,7 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         # os-vif plugs guests' ports into br-int over this socket (its default is TCP 6640).
         nova_options["os_vif_ovs"] = {"ovsdb_connection": ovnlab.OVSDB_CONNECTION}
     neutron_db = config.neutron_db_url
-    return Site(
+    site = Site(
         controller_host=config.host,
         my_ip=config.host,
         region=config.region,
@@ -129,6 +130,9 @@ def lab_site(config: LabConfig, secrets: dict[str, str]) -> Site:
         secrets=secrets,
         source=f"lab at {config.state_dir}",
     )
+    # Broker users (and their passwords) for every node's agent, the extra nodes' too.
+    site.agent_hosts = [site.compute_host, *node_names(config.computes)]
+    return site
 
 
 #: TCP ports the guests' serial consoles listen on (127.0.0.1 only: proxyclient_address).

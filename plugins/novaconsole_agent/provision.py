@@ -37,6 +37,7 @@ from novaconsole.agentbus.bus import (
     EXCHANGE_AGENTS,
     BrokerPermissions,
     agent_permissions,
+    agent_user,
 )
 from novaconsole.agentbus.keys import SigningKey
 from novaconsole.agentbus.settings import DEFAULT_VHOST
@@ -52,11 +53,6 @@ CONSOLE_USER = "novaconsole-console"
 CONSOLE_KEY_NAME = "console"
 SERVICE = "novaconsole-agent"
 DIGEST_ENV = "NOVACONSOLE_AGENT_DIGEST"
-
-
-def agent_user(host: str) -> str:
-    """The broker user of the agent on ``host``."""
-    return f"novaconsole-agent-{host}"
 
 
 def agent_hosts(site: Site) -> list[str]:

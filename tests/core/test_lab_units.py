@@ -345,3 +345,29 @@ def test_services_step_counts_a_program_still_starting_as_the_ports_owner(
     with pytest.raises(NovaconsoleError, match=f"port {listener} on 127.0.0.1 is already taken"):
         step.apply(RunContext(), ["start ovn-sb-db"])
     assert stopped.installed == []
+
+
+def test_an_extra_node_gets_a_compute_agent_and_the_controller_its_broker_user(
+    tmp_path: Path,
+) -> None:
+    from novaconsole.lab.nodes import NodeLayout, node_site_toml
+    from novaconsole.lab.runner import lab_site
+    from novaconsole.site import site_from_mapping
+
+    config = LabConfig(state_dir=tmp_path)
+    config.computes = 3
+    site = lab_site(config, {})
+    # The controller makes a broker user for each node's agent, not only its own.
+    assert site.agent_hosts == [site.compute_host, "nc-compute2", "nc-compute3"]
+    layout = NodeLayout.of(config, "nc-compute2")
+    text = node_site_toml(site, layout, config.instances_dir)
+    import tomllib
+
+    node = site_from_mapping(tomllib.loads(text), "node site")
+    assert node.compute_host == "nc-compute2"
+    assert node.compute_agent
+    # Its own key and config; the controller's bus directory to enrol with.
+    assert node.agent_dir == layout.root / "agent"
+    assert node.bus_dir == site.bus_dir
+    assert node.agent_python == site.agent_python
+    assert node.services_dir == layout.services_dir

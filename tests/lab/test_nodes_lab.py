@@ -12,6 +12,7 @@ node: the guest runs on the destination's libvirtd, and the source's no longer h
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -81,6 +82,12 @@ def node2(lab_state: LabConfig) -> Iterator[NodeLayout]:
         if added:
             proc = run_novaconsole("lab", "up", "-q", "--computes", "1")
             assert proc.returncode == 0, "\n".join(proc.stderr.splitlines()[-25:])
+            # The retired node's agent is trusted no more and has no broker user left.
+            assert not (lab_state.state_dir / "bus" / "agent-keys" / f"{NODE2}.pub").exists()
+            users = subprocess.run(
+                ["rabbitmqctl", "-q", "list_users"], capture_output=True, text=True, timeout=60
+            ).stdout.split()
+            assert f"novaconsole-agent-{NODE2}" not in users
 
 
 @pytest.fixture
@@ -163,6 +170,52 @@ def test_second_node_is_up_mapped_and_a_host_of_its_own(
     # Its processes live in namespaces of their own (not this test's).
     pid = Path(node2.services_dir / "supervisord.pid").read_text().strip()
     assert Path(f"/proc/{pid}/ns/uts").resolve() != Path("/proc/self/ns/uts").resolve()
+
+
+def test_second_node_has_a_compute_agent_of_its_own(
+    conn: Any, node2: NodeLayout, lab_state: LabConfig
+) -> None:
+    # Provisioned on the node like nova-compute: its own key (enrolled with the console),
+    # broker user and service under the node's keeper, watching the node's libvirtd.
+    from novaconsole.agentbus import Inventory, parse_body
+    from novaconsole.agentbus.bus import ConsoleBus
+    from novaconsole.agentbus.settings import BusSettings
+
+    status = subprocess.run(
+        [
+            str(lab_state.venvs_dir / "openstack" / "bin" / "supervisorctl"),
+            "-c",
+            str(node2.services_dir / "supervisord.conf"),
+            "status",
+            "novaconsole-agent",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "RUNNING" in status.stdout, status.stdout + status.stderr
+    assert (lab_state.state_dir / "bus" / "agent-keys" / f"{NODE2}.pub").is_file()
+    wanted = sorted(virsh(node2.libvirt_uri, "list", "--all", "--uuid").stdout.split())
+    with ConsoleBus(BusSettings.load(lab_state.state_dir / "bus" / "agents.toml")) as bus:
+        bus.start(wait=10)
+        deadline = time.monotonic() + 60
+        while True:
+            latest = bus.latest([NODE2], timeout=10).get(NODE2)
+            if (latest is not None and latest.inventory is not None) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert latest is not None, "nothing from the node's agent on the broker"
+    assert latest.inventory is not None, "no inventory from the node's agent"
+    inventory = parse_body("inventory", latest.inventory.body)
+    assert isinstance(inventory, Inventory)
+    assert inventory.libvirt_connected
+    assert (inventory.host.hostname, inventory.host.nova_host) == (NODE2, NODE2)
+    assert sorted(d.uuid for d in inventory.domains) == wanted
+    # verify's compute-agents check counts both nodes live.
+    proc = run_novaconsole("--os-cloud", "novaconsole-lab", "verify", "-f", "json")
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["compute-agents"]["ok"], checks["compute-agents"]
+    assert sorted(checks["compute-agents"]["facts"]["live"]) == sorted([node1_host(conn), NODE2])
 
 
 def test_live_migration_moves_a_running_guest_and_it_keeps_running(
