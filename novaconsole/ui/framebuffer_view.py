@@ -2,13 +2,13 @@
 any terminal) or as pixels (Kitty graphics or Sixel, where the terminal draws them).
 
 Pixel frames are encoded in one thread of the view's own (latest frame only, never two
-at once). Kitty's image is written to the terminal once per frame, on the event loop,
-through the app's driver as Textual writes its own raw sequences (the bell, the
-clipboard), so it stays in order with the screen updates around it, and shown by
-placeholder cells (the terminal scales it into them). Sixel reaches the terminal inside
-the widget's rendered lines, as a control segment Textual writes in order with
-everything else: an image drawn at the widget's position after its lines. A frame whose
-encoding did not change is not sent again.
+at once) and written to the terminal once each, on the event loop, through the app's
+driver as Textual writes its own raw sequences (the bell, the clipboard), so they stay in
+order with the screen updates around them; the widget's lines carry only cells. Kitty:
+the image is sent once per frame and shown by placeholder cells (the terminal scales it
+into them). Sixel: the image is drawn at the widget's place after the screen update that
+leaves its cells alone, and drawn again only when the frame or the cells it covers
+change. A frame whose encoding did not change is not sent again.
 
 While another screen is over the view's (a modal dialog shows it dimmed beneath) the
 pixels are hidden: blank cells instead, and Kitty's placement deleted (its data kept),
@@ -175,6 +175,8 @@ class FramebufferView(Widget, can_focus=True):
         self._transmitted = False
         self._placed = False
         self._kitty_stale = False
+        #: Sixel: the cells (on screen) the shown frame was last drawn into; None: not drawn.
+        self._sixel_at: Region | None = None
         #: Another screen is over this one: pixels hidden (see :meth:`cover`).
         self._covered = False
         self._gone = False
@@ -256,7 +258,9 @@ class FramebufferView(Widget, can_focus=True):
             if relayout:
                 self.refresh()
         else:
+            self._sixel_at = None
             self.refresh()
+            self.call_after_refresh(self._send_sixel)
 
     def _write_to_terminal(self, data: str) -> None:
         """Raw escape sequences to the terminal, the way Textual writes its own (bell,
@@ -280,6 +284,24 @@ class FramebufferView(Widget, can_focus=True):
         self._transmitted = self._placed = True
         self._kitty_stale = False
 
+    def _send_sixel(self) -> None:
+        """After a screen update: draw the shown frame at the image's cells, unless it is
+        already there (the cells Textual paints there move over the pixels, see
+        :meth:`_pixel_line`) or the view is covered. Saved cursor, absolute move, the
+        image, restored cursor."""
+        shown = self._shown
+        if self.protocol != "sixel" or shown is None or self._covered or self._gone:
+            return
+        if not self.is_attached:
+            return
+        region, image = self.content_region, self._image_region()
+        at = Region(region.x + image.x, region.y + image.y, image.width, image.height)
+        if at == self._sixel_at or not at:
+            return
+        self._sixel_at = at
+        move = Control.move_to(at.x, at.y).segment.text
+        self._write_to_terminal("\x1b7" + move + shown.payload + "\x1b8")
+
     def cover(self) -> None:
         """Another screen is over this one (a modal draws it dimmed beneath): hide the
         pixels. Kitty's placeholder cells would turn another colour (another image id),
@@ -296,7 +318,7 @@ class FramebufferView(Widget, can_focus=True):
     def uncover(self) -> None:
         """This view's screen is on top again: show the pixels again (Kitty: a new
         placement of the image kept, or the newer frame that came meanwhile; Sixel: drawn
-        again with the lines)."""
+        again, as whatever covered it painted over its pixels)."""
         if not self._covered:
             return
         self._covered = False
@@ -309,7 +331,10 @@ class FramebufferView(Widget, can_focus=True):
                     kitty.place(self._image_id, shown.layout.columns, shown.layout.rows)
                 )
                 self._placed = True
+        self._sixel_at = None
         self.refresh()
+        if self.protocol == "sixel":
+            self.call_after_refresh(self._send_sixel)
 
     def release(self) -> None:
         """The view is going (the operator left the console): delete Kitty's image, its
@@ -329,22 +354,6 @@ class FramebufferView(Widget, can_focus=True):
         left = max(0, (self.size.width - layout.columns) // 2)
         top = max(0, (self.size.height - layout.rows) // 2)
         return Region(left, top, layout.columns, layout.rows)
-
-    def render_lines(self, crop: Region) -> list[Strip]:
-        lines = super().render_lines(crop)
-        if self.protocol != "sixel" or self._shown is None or self._covered or not lines:
-            return lines
-        image = self._image_region()
-        if not crop.overlaps(image):
-            return lines
-        # Sixel: drawn after the lines at the image's place on screen (the cursor is
-        # saved and restored around it), whenever Textual repaints any part of it.
-        region = self.content_region
-        move = Control.move_to(region.x + image.x, region.y + image.y).segment.text
-        last = lines[-1]
-        tail = Segment("\x1b7" + move + self._shown.payload + "\x1b8", None, _CONTROL)
-        lines[-1] = Strip([*last, tail], last.cell_length)
-        return lines
 
     def _pixel_line(self, y: int) -> Strip:
         width = self.size.width
@@ -389,6 +398,8 @@ class FramebufferView(Widget, can_focus=True):
     def on_resize(self) -> None:
         if self._framebuffer is not None:
             self.show(self._framebuffer)
+        if self.protocol == "sixel":  # the same frame may now sit elsewhere on screen
+            self.call_after_refresh(self._send_sixel)
 
     def render_line(self, y: int) -> Strip:
         if self.protocol != "cells":

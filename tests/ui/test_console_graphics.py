@@ -247,11 +247,13 @@ async def test_kitty_resends_when_the_view_changes_size(
 
 @pytest.mark.asyncio
 async def test_sixel_is_drawn_after_the_lines_at_the_view_s_place(
-    fake_app: AppFactory, tmp_path: Path
+    fake_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    use_fake_terminal(monkeypatch)
     app, opener = _app(fake_app, tmp_path, TerminalGraphics("sixel", 4, 8))
     async with app.run_test(size=SIZE) as pilot:
         screen, view = await _encoded_view(pilot, opener)
+        await _sixel_written(pilot, view)
         shown = view._shown
         assert shown is not None
         assert shown.payload.startswith("\x1bPq")
@@ -264,15 +266,68 @@ async def test_sixel_is_drawn_after_the_lines_at_the_view_s_place(
         assert match is not None
         width, height = int(match.group(1)), int(match.group(2))
         assert width <= expected.fit.width
-        assert height % 6 == 0
         assert height <= expected.rows * 8
+        assert height % 6 == 0
+        # Saved cursor, absolute move to the image's top-left, the image, restored cursor,
+        # written after the screen update that moves over the image's cells.
+        output = terminal_output(app)
+        region = view.content_region
+        left = (view.size.width - expected.columns) // 2
+        top = (view.size.height - expected.rows) // 2
+        assert _sixels(output)[-1] == (region.y + top + 1, region.x + left + 1)
+        drawn = output.rindex("\x1b7\x1b[")
+        assert output.index(f"\x1b[{expected.columns}C") < drawn
+        assert output[drawn:].startswith("\x1b7\x1b[")
+        assert shown.payload + "\x1b8" in output[drawn:]
+        # The view's own lines move over the pixels; they never carry the image.
         text = _text(view)
-        # Saved cursor, absolute move to the image's top-left, the image, restored cursor;
-        # written every time Textual repaints it (the terminal forgets pixels painted over).
-        assert text.count("\x1bPq") == 1
-        assert re.search(r"\x1b7\x1b\[\d+;\d+H\x1bPq", text)
-        assert text.endswith("\x1b\\\x1b8")
+        assert "\x1bPq" not in text
+        assert f"\x1b[{expected.columns}C" in text
         assert screen.frames_drawn >= 1
+
+
+@pytest.mark.asyncio
+async def test_sixel_is_sent_again_only_when_the_frame_or_its_cells_change(
+    fake_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fake_terminal(monkeypatch)
+    app, opener = _app(fake_app, tmp_path, TerminalGraphics("sixel", 4, 8))
+    async with app.run_test(size=SIZE) as pilot:
+        screen, view = await _encoded_view(pilot, opener)
+        await _sixel_written(pilot, view)
+        assert screen.session is not None
+        mark = len(terminal_output(app))
+        # Repaints with the same frame: the view itself, the status line, the whole
+        # screen, and the same framebuffer shown again.
+        view.refresh()
+        await pilot.pause()
+        screen._status("something else")
+        await pilot.pause()
+        screen.refresh()
+        await pilot.pause()
+        fb = screen.session.snapshot()
+        view.show(fb, Rect(0, 0, fb.width, fb.height))
+        await wait_until(pilot, lambda: view.frames_unchanged >= 1, "the same frame encoded")
+        await pilot.pause()
+        assert "something else" in written_since(app, mark)  # the repaints were written
+        assert _sixels(written_since(app, mark)) == []
+        # A changed frame: drawn once more, at the same place.
+        drawn_at = _image_at(view)
+        assert _sixels(terminal_output(app))[-1] == drawn_at
+        first = view._shown
+        changed, rect = _changed(fb)
+        view.show(changed, rect)
+        await wait_until(pilot, lambda: view._shown is not first, "the changed frame encoded")
+        await _sixel_written(pilot, view)
+        assert _sixels(written_since(app, mark)) == [drawn_at]
+        # Other cells (a smaller terminal): drawn again where the new cells are.
+        mark = len(terminal_output(app))
+        await pilot.resize_terminal(100, 30)
+        await wait_until(pilot, lambda: _sixels(written_since(app, mark)), "drawn in new cells")
+        await pilot.pause()
+        await _sixel_written(pilot, view)
+        assert _image_at(view) != drawn_at
+        assert _sixels(written_since(app, mark))[-1] == _image_at(view)
 
 
 @pytest.mark.asyncio
@@ -296,6 +351,8 @@ async def test_sixel_hides_under_a_modal_and_is_drawn_again_after(
         await pilot.press("n")
         await wait_until(pilot, lambda: app.screen is screen, "the console is back on top")
         await wait_until(pilot, lambda: _sixels(written_since(app, mark)), "drawn again")
+        await pilot.pause()
+        assert len(_sixels(written_since(app, mark))) == 1
 
 
 @pytest.mark.asyncio
