@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_helpers import AppFactory, wait_until
+from console_helpers import AppFactory, settle, wait_until
 from fake_rfb import FakeRfbOpener
 from fake_terminal import terminal_output, use_fake_terminal, written_since
 from test_console_screen import SIZE, open_console
+from textual import events
 from textual.geometry import Region
+from textual.message import Message
 from textual.pilot import Pilot
 
 from novaconsole.terminal_graphics import TerminalGraphics
@@ -368,6 +370,29 @@ async def test_without_a_graphics_terminal_the_screen_uses_half_blocks(
         text = _text(view)
         assert "▀" in text
         assert "\x1b" not in text
+
+
+@pytest.mark.asyncio
+async def test_keys_typed_while_the_terminal_was_asked_come_first_in_order(
+    fake_app: AppFactory,
+) -> None:
+    # What the probe read besides the terminal's answers (tests/vnc/test_graphics.py has
+    # the real pty): pane keys around an arrow key's escape sequence, in one burst.
+    app = fake_app()
+    app.graphics = TerminalGraphics("cells", typed_ahead=b"2\x1b[B3")
+    keys: dict[int, str] = {}  # each key event once (it is dispatched to each node it passes)
+
+    def seen(message: Message) -> None:
+        if isinstance(message, events.Key):
+            keys.setdefault(id(message), message.key)
+
+    async with app.run_test(size=SIZE, message_hook=seen) as pilot:
+        await settle(pilot)
+        assert app.active_pane_name == app.panes[2].pane_name  # "3", after "2", took effect
+        await pilot.press("4")  # typed after: read by the driver
+        await settle(pilot)
+        assert app.active_pane_name == app.panes[3].pane_name
+    assert list(keys.values()) == ["2", "down", "3", "4"]
 
 
 def test_graphics_setting_from_file_env_and_flag(
