@@ -24,7 +24,12 @@ from novaconsole.terminal_graphics import TerminalGraphics
 from novaconsole.ui.app import NovaConsoleApp
 from novaconsole.ui.confirm import ConfirmScreen
 from novaconsole.ui.console_screen import ConsoleScreen
-from novaconsole.ui.framebuffer_view import EncodedFrame, FramebufferView, pixel_layout
+from novaconsole.ui.framebuffer_view import (
+    EncodedFrame,
+    FramebufferView,
+    encode_frame,
+    pixel_layout,
+)
 from novaconsole.vnc import kitty
 from novaconsole.vnc.framebuffer import Framebuffer, Rect
 
@@ -230,6 +235,30 @@ async def test_kitty_frame_that_comes_under_a_modal_is_sent_when_it_closes(
         assert view._shown is not None
         assert view._shown.payload in back
         assert "a=p,U=1" not in back
+
+
+@pytest.mark.asyncio
+async def test_kitty_frame_reaches_the_terminal_despite_a_mouse_move_over_it(
+    fake_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Textual renders the line under the pointer on every mouse move (get_style_at), and
+    # never writes it: a frame carried in the rendered lines could be taken there.
+    use_fake_terminal(monkeypatch)
+    app, opener = _app(fake_app, tmp_path, TerminalGraphics("kitty", 10, 20))
+    async with app.run_test(size=SIZE) as pilot:
+        screen, view = await _encoded_view(pilot, opener)
+        shown = view._shown
+        assert shown is not None
+        assert screen.session is not None
+        changed, _ = _changed(screen.session.snapshot())
+        frame = encode_frame(changed, shown.layout, "kitty", view._image_id, (10, 20))
+        mark = len(terminal_output(app))
+        view._encoded(frame)
+        region = view.content_region
+        screen.get_style_at(region.x + region.width // 2, region.y + region.height // 2)
+        await pilot.pause()
+        await pilot.pause()
+        assert frame.payload in written_since(app, mark)
 
 
 @pytest.mark.asyncio
