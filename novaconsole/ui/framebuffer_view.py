@@ -179,6 +179,8 @@ class FramebufferView(Widget, can_focus=True):
         self._sixel_at: Region | None = None
         #: Another screen is over this one: pixels hidden (see :meth:`cover`).
         self._covered = False
+        #: Sixel: a notification was seen over the drawn image (see :meth:`_check_toasts`).
+        self._toasted = False
         self._gone = False
         self._encoder: _Encoder | None = None
         #: Pixel frames encoded, and how many were dropped as unchanged (tests read them).
@@ -301,6 +303,28 @@ class FramebufferView(Widget, can_focus=True):
         self._sixel_at = at
         move = Control.move_to(at.x, at.y).segment.text
         self._write_to_terminal("\x1b7" + move + shown.payload + "\x1b8")
+
+    #: Seconds between two looks for notifications over a Sixel image.
+    TOAST_CHECK = 0.25
+
+    def on_mount(self) -> None:
+        if self.protocol == "sixel":
+            self.set_interval(self.TOAST_CHECK, self._check_toasts, name="sixel-toasts")
+
+    def _check_toasts(self) -> None:
+        """Sixel: a notification (toast) over the image paints over its pixels, and when
+        it goes Textual repaints the view's cells, which move over the pixels rather than
+        paint them; so once no toast is over the image any more, draw it again."""
+        at = self._sixel_at
+        if at is None or self._covered:
+            return
+        if any(toast.region.overlaps(at) for toast in self.screen.query("Toast")):
+            self._toasted = True
+        elif self._toasted:
+            self._toasted = False
+            self._sixel_at = None
+            self.refresh()
+            self.call_after_refresh(self._send_sixel)
 
     def cover(self) -> None:
         """Another screen is over this one (a modal draws it dimmed beneath): hide the

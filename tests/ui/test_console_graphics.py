@@ -362,6 +362,27 @@ async def test_sixel_is_sent_again_only_when_the_frame_or_its_cells_change(
 
 
 @pytest.mark.asyncio
+async def test_sixel_is_drawn_again_when_a_notification_over_it_goes(
+    fake_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fake_terminal(monkeypatch)
+    app, opener = _app(fake_app, tmp_path, TerminalGraphics("sixel", 4, 8))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        _, view = await _encoded_view(pilot, opener)
+        await _sixel_written(pilot, view)
+        mark = len(terminal_output(app))
+        app.notify("screenshot written to somewhere.png", timeout=1)
+        await wait_until(pilot, lambda: "somewhere.png" in written_since(app, mark), "a toast")
+        # The toast is painted over the image's bottom-right cells; not redrawn meanwhile.
+        await pilot.pause(0.5)
+        assert _sixels(written_since(app, mark)) == []
+        await wait_until(pilot, lambda: not app._notifications, "the toast expired")
+        await wait_until(pilot, lambda: _sixels(written_since(app, mark)), "drawn again")
+        await pilot.pause(0.5)
+        assert _sixels(written_since(app, mark)) == [_image_at(view)]
+
+
+@pytest.mark.asyncio
 async def test_sixel_hides_under_a_modal_and_is_drawn_again_after(
     fake_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
