@@ -5,6 +5,13 @@ size in pixels) and Primary Device Attributes (DA1, ``CSI c``), in that order. E
 terminal answers DA1, so its reply ends the wait: a Kitty ``OK`` before it means Kitty
 graphics, a DA1 attribute 4 means Sixel. The parsing is pure (tested on recorded
 replies); :func:`probe_terminal` is the thin I/O around it. No Textual here.
+
+Keys typed while the terminal is asked (the wait lasts up to a second) arrive mixed with
+its answers: the bytes read that are not answers are kept (:func:`typed_ahead`, handed to
+the TUI to replay first) and those not read yet stay queued for the TUI to read: the
+probe drops none and keeps their order. (Between the probe and the TUI taking the
+terminal, the terminal is in its own mode again, as for any program starting: keys
+typed in that moment are echoed and line-edited before the TUI reads them.)
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import select
 import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from novaconsole.errors import ConfigError
 
@@ -46,6 +53,9 @@ class TerminalGraphics:
     """Pixels per cell, down."""
     reason: str = ""
     """One line: how the protocol was chosen (shown in the console's status line)."""
+    typed_ahead: bytes = field(default=b"", repr=False)
+    """What the operator typed while the terminal was asked (read with its answers), in
+    order: the TUI's first input, before anything it reads itself."""
 
 
 def check_mode(value: str, where: str) -> str:
@@ -75,6 +85,15 @@ def parse_reply(reply: bytes) -> tuple[str | None, tuple[int, int] | None, bool]
     return protocol, cell, da1 is not None
 
 
+def typed_ahead(reply: bytes) -> bytes:
+    """The bytes of ``reply`` that are not the terminal's answers to :data:`QUERY` (one
+    each: Kitty's, the cell size, DA1), in the order they came: keys typed meanwhile."""
+    rest = reply
+    for answer in (_KITTY, _CELL, _DA1):
+        rest = answer.sub(b"", rest, count=1)
+    return rest
+
+
 def winsize_cell(fd: int) -> tuple[int, int] | None:
     """Cell size from ``TIOCGWINSZ``'s pixel fields (0 on many terminals: then None)."""
     import fcntl
@@ -92,7 +111,8 @@ def winsize_cell(fd: int) -> tuple[int, int] | None:
 
 def probe_terminal(fd: int, timeout: float = 1.0) -> bytes:
     """Send :data:`QUERY` on the terminal ``fd`` (read and written), read until the DA1
-    reply or ``timeout``; the terminal's mode is restored afterwards."""
+    reply or ``timeout``; the terminal's mode is restored afterwards, and input not read
+    yet is left queued (keys typed meanwhile: see :func:`typed_ahead` for those read)."""
     import termios
     import tty
 
@@ -111,7 +131,9 @@ def probe_terminal(fd: int, timeout: float = 1.0) -> bytes:
                 break
             reply += chunk
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        # TCSANOW, not TCSAFLUSH: flushing would drop what the operator typed after the
+        # answers (and a paste longer than one read).
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
     return reply
 
 
@@ -131,14 +153,18 @@ def resolve_graphics(
     env = os.environ if environ is None else environ
     cell = winsize_cell(fd) if fd is not None else None
     if mode != "auto":
-        reply_cell = None
+        reply_cell, typed = None, b""
         if mode != "cells" and cell is None and fd is not None:
-            _, reply_cell, _ = parse_reply(probe(fd))
+            reply = probe(fd)
+            _, reply_cell, _ = parse_reply(reply)
+            typed = typed_ahead(reply)
         width, height = cell or reply_cell or DEFAULT_CELL
-        return TerminalGraphics(mode, width, height, f"graphics {mode} as set")
+        return TerminalGraphics(mode, width, height, f"graphics {mode} as set", typed)
     if fd is None or env.get("TERM", "") in ("", "dumb"):
         return TerminalGraphics("cells", *DEFAULT_CELL, reason="not a graphics terminal")
-    protocol, reply_cell, answered = parse_reply(probe(fd))
+    reply = probe(fd)
+    protocol, reply_cell, answered = parse_reply(reply)
+    typed = typed_ahead(reply)
     width, height = cell or reply_cell or DEFAULT_CELL
     if protocol is None:
         why = (
@@ -146,5 +172,6 @@ def resolve_graphics(
             if answered
             else ("the terminal did not answer the graphics query")
         )
-        return TerminalGraphics("cells", width, height, why)
-    return TerminalGraphics(protocol, width, height, f"{protocol} graphics (the terminal says so)")
+        return TerminalGraphics("cells", width, height, why, typed)
+    reason = f"{protocol} graphics (the terminal says so)"
+    return TerminalGraphics(protocol, width, height, reason, typed)

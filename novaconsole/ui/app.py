@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
@@ -85,6 +85,20 @@ def local_now() -> datetime:
 
 def _flatten(results: Iterable[Sequence[Any] | None]) -> list[Any]:
     return [item for result in results if result for item in result]
+
+
+def typed_ahead_keys(data: bytes) -> list[events.Key]:
+    """The key events of ``data`` typed at the terminal before the app read it, parsed
+    by the parser Textual's own driver reads the terminal with (so they are the events
+    the driver would have made of them)."""
+    if not data:
+        return []
+    from textual._xterm_parser import XTermParser
+
+    parser = XTermParser()
+    text = data.decode("utf-8", errors="replace")
+    parsed = [*parser.feed(text), *parser.feed("")]  # "" ends input: a lone ESC is a key
+    return [event for event in parsed if isinstance(event, events.Key)]
 
 
 class NovaConsoleApp(App[int]):
@@ -229,6 +243,13 @@ class NovaConsoleApp(App[int]):
     @property
     def active_pane(self) -> ResourcePane:
         return self.pane(self.active_pane_name)
+
+    def on_load(self) -> None:
+        """Before the driver starts reading the terminal: queue the keys typed while the
+        terminal was asked about graphics, so they come before any it reads."""
+        for event in typed_ahead_keys(self.graphics.typed_ahead if self.graphics else b""):
+            event.set_sender(self)
+            self.post_message(event)
 
     def on_mount(self) -> None:
         self._show_header()

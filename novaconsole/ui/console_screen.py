@@ -266,8 +266,19 @@ class ConsoleScreen(Screen[None]):
         if keys:
             self._keys.put(keys)
 
+    def on_screen_suspend(self) -> None:
+        """Another screen (a confirmation, help) is over this one: hide the pixels."""
+        for view in self.query(FramebufferView):
+            view.cover()
+
+    def on_screen_resume(self) -> None:
+        for view in self.query(FramebufferView):
+            view.uncover()
+
     def action_leave(self) -> None:
         self.state = "left"
+        # Now, not at unmount: the next screen is drawn before this one is removed.
+        self.query_one(FramebufferView).release()
         self._keys.put(None)
         session, self.session = self.session, None
         if session is not None:

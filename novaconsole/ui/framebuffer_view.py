@@ -2,10 +2,18 @@
 any terminal) or as pixels (Kitty graphics or Sixel, where the terminal draws them).
 
 Pixel frames are encoded in one thread of the view's own (latest frame only, never two
-at once) and reach the terminal inside the widget's rendered lines, as control segments
-Textual writes in order with everything else: Kitty's image as placeholder cells (the
-terminal scales it into them), Sixel as an image drawn at the widget's position after
-its lines. A frame whose encoding did not change is not sent again.
+at once) and written to the terminal once each, on the event loop, through the app's
+driver as Textual writes its own raw sequences (the bell, the clipboard), so they stay in
+order with the screen updates around them; the widget's lines carry only cells. Kitty:
+the image is sent once per frame and shown by placeholder cells (the terminal scales it
+into them). Sixel: the image is drawn at the widget's place after the screen update that
+leaves its cells alone, and drawn again only when the frame or the cells it covers
+change. A frame whose encoding did not change is not sent again.
+
+While another screen is over the view's (a modal dialog shows it dimmed beneath) the
+pixels are hidden: blank cells instead, and Kitty's placement deleted (its data kept),
+placed again when the screen is back on top. When the view goes, Kitty's image is
+deleted from the terminal.
 """
 
 from __future__ import annotations
@@ -159,10 +167,21 @@ class FramebufferView(Widget, can_focus=True):
         self._styles: dict[Cell, Style] = {}
         self._framebuffer: Framebuffer | None = None
         self._pixel_fit = Fit(0, 0, 0, 0, 0.0)
-        #: The frame on screen (pixel protocols) and a payload not written yet.
+        #: The latest frame (pixel protocols): on screen unless covered.
         self._shown: EncodedFrame | None = None
-        self._unsent: str | None = None
         self._image_id = random.randint(1, kitty.MAX_IMAGE_ID)
+        #: Kitty: the terminal holds our image's data / a placement of it; a frame came
+        #: while covered (sent when uncovered).
+        self._transmitted = False
+        self._placed = False
+        self._kitty_stale = False
+        #: Sixel: the cells (on screen) the shown frame was last drawn into; None: not drawn.
+        self._sixel_at: Region | None = None
+        #: Another screen is over this one: pixels hidden (see :meth:`cover`).
+        self._covered = False
+        #: Sixel: a notification was seen over the drawn image (see :meth:`_check_toasts`).
+        self._toasted = False
+        self._gone = False
         self._encoder: _Encoder | None = None
         #: Pixel frames encoded, and how many were dropped as unchanged (tests read them).
         self.frames_encoded = 0
@@ -227,13 +246,129 @@ class FramebufferView(Widget, can_focus=True):
 
     def _encoded(self, frame: EncodedFrame) -> None:
         """On the event loop: a frame is ready; write it unless it is what is shown."""
+        if self._gone:  # encoded after the view went: the terminal must not get it
+            return
         self.frames_encoded += 1
         if self._shown is not None and self._shown == frame:
             self.frames_unchanged += 1
             return
+        relayout = self._shown is None or self._shown.layout != frame.layout
         self._shown = frame
-        self._unsent = frame.payload
+        if self.protocol == "kitty":
+            # Same id: the placeholder cells already on screen show the new image.
+            self._send_kitty()
+            if relayout:
+                self.refresh()
+        else:
+            self._sixel_at = None
+            self.refresh()
+            self.call_after_refresh(self._send_sixel)
+
+    def _write_to_terminal(self, data: str) -> None:
+        """Raw escape sequences to the terminal, the way Textual writes its own (bell,
+        clipboard): through the app's driver, on the event loop, so they reach the
+        terminal after the screen updates already written and before the next."""
+        app = self.app
+        driver = app._driver
+        if driver is None or app.is_headless:
+            return
+        driver.write(data)
+        driver.flush()
+
+    def _send_kitty(self) -> None:
+        """Transmit the shown frame (it replaces our image and makes its placement)."""
+        if self._shown is None:
+            return
+        if self._covered:
+            self._kitty_stale = True
+            return
+        self._write_to_terminal(self._shown.payload)
+        self._transmitted = self._placed = True
+        self._kitty_stale = False
+
+    def _send_sixel(self) -> None:
+        """After a screen update: draw the shown frame at the image's cells, unless it is
+        already there (the cells Textual paints there move over the pixels, see
+        :meth:`_pixel_line`) or the view is covered. Saved cursor, absolute move, the
+        image, restored cursor."""
+        shown = self._shown
+        if self.protocol != "sixel" or shown is None or self._covered or self._gone:
+            return
+        if not self.is_attached:
+            return
+        region, image = self.content_region, self._image_region()
+        at = Region(region.x + image.x, region.y + image.y, image.width, image.height)
+        if at == self._sixel_at or not at:
+            return
+        self._sixel_at = at
+        move = Control.move_to(at.x, at.y).segment.text
+        self._write_to_terminal("\x1b7" + move + shown.payload + "\x1b8")
+
+    #: Seconds between two looks for notifications over a Sixel image.
+    TOAST_CHECK = 0.25
+
+    def on_mount(self) -> None:
+        if self.protocol == "sixel":
+            self.set_interval(self.TOAST_CHECK, self._check_toasts, name="sixel-toasts")
+
+    def _check_toasts(self) -> None:
+        """Sixel: a notification (toast) over the image paints over its pixels, and when
+        it goes Textual repaints the view's cells, which move over the pixels rather than
+        paint them; so once no toast is over the image any more, draw it again."""
+        at = self._sixel_at
+        if at is None or self._covered:
+            return
+        if any(toast.region.overlaps(at) for toast in self.screen.query("Toast")):
+            self._toasted = True
+        elif self._toasted:
+            self._toasted = False
+            self._sixel_at = None
+            self.refresh()
+            self.call_after_refresh(self._send_sixel)
+
+    def cover(self) -> None:
+        """Another screen is over this one (a modal draws it dimmed beneath): hide the
+        pixels. Kitty's placeholder cells would turn another colour (another image id),
+        Sixel's pixels would stay over the dialog; blank cells instead, and Kitty's
+        placement deleted (its data kept for :meth:`uncover`)."""
+        if self._covered:
+            return
+        self._covered = True
+        if self._placed:
+            self._write_to_terminal(kitty.hide(self._image_id))
+            self._placed = False
         self.refresh()
+
+    def uncover(self) -> None:
+        """This view's screen is on top again: show the pixels again (Kitty: a new
+        placement of the image kept, or the newer frame that came meanwhile; Sixel: drawn
+        again, as whatever covered it painted over its pixels)."""
+        if not self._covered:
+            return
+        self._covered = False
+        shown = self._shown
+        if self.protocol == "kitty" and shown is not None:
+            if self._kitty_stale or not self._transmitted:
+                self._send_kitty()
+            else:
+                self._write_to_terminal(
+                    kitty.place(self._image_id, shown.layout.columns, shown.layout.rows)
+                )
+                self._placed = True
+        self._sixel_at = None
+        self.refresh()
+        if self.protocol == "sixel":
+            self.call_after_refresh(self._send_sixel)
+
+    def release(self) -> None:
+        """The view is going (the operator left the console): delete Kitty's image, its
+        placement and its data, from the terminal; nothing is sent after this."""
+        self._gone = True
+        if self._encoder is not None:
+            self._encoder.stop()
+        if self._transmitted:
+            self._write_to_terminal(kitty.delete(self._image_id))
+            self._transmitted = self._placed = False
 
     def _image_region(self) -> Region:
         """The cells the pixel frame covers, relative to the widget."""
@@ -244,35 +379,10 @@ class FramebufferView(Widget, can_focus=True):
         top = max(0, (self.size.height - layout.rows) // 2)
         return Region(left, top, layout.columns, layout.rows)
 
-    def render_lines(self, crop: Region) -> list[Strip]:
-        lines = super().render_lines(crop)
-        if self.protocol == "cells" or self._shown is None or not lines:
-            return lines
-        image = self._image_region()
-        if not crop.overlaps(image):
-            return lines
-        if self.protocol == "kitty":
-            if self._unsent is None:
-                return lines
-            # Once per frame: the placeholder cells already on screen show the new image.
-            payload, self._unsent = self._unsent, None
-            first = lines[0]
-            lines[0] = Strip([Segment(payload, None, _CONTROL), *first], first.cell_length)
-            return lines
-        # Sixel: drawn after the lines at the image's place on screen (the cursor is
-        # saved and restored around it), whenever Textual repaints any part of it.
-        self._unsent = None
-        region = self.content_region
-        move = Control.move_to(region.x + image.x, region.y + image.y).segment.text
-        last = lines[-1]
-        tail = Segment("\x1b7" + move + self._shown.payload + "\x1b8", None, _CONTROL)
-        lines[-1] = Strip([*last, tail], last.cell_length)
-        return lines
-
     def _pixel_line(self, y: int) -> Strip:
         width = self.size.width
         image = self._image_region()
-        if not image.y <= y < image.bottom or self._shown is None:
+        if self._covered or self._shown is None or not image.y <= y < image.bottom:
             return Strip.blank(width, self.rich_style)
         left = Segment(" " * image.x, self.rich_style)
         right = Segment(" " * max(0, width - image.right), self.rich_style)
@@ -284,8 +394,7 @@ class FramebufferView(Widget, can_focus=True):
         return Strip([left, middle, right], width)
 
     def on_unmount(self) -> None:
-        if self._encoder is not None:
-            self._encoder.stop()
+        self.release()
 
     # -- half blocks ---------------------------------------------------------------------
 
@@ -313,6 +422,8 @@ class FramebufferView(Widget, can_focus=True):
     def on_resize(self) -> None:
         if self._framebuffer is not None:
             self.show(self._framebuffer)
+        if self.protocol == "sixel":  # the same frame may now sit elsewhere on screen
+            self.call_after_refresh(self._send_sixel)
 
     def render_line(self, y: int) -> Strip:
         if self.protocol != "cells":

@@ -88,8 +88,23 @@ def transmit(
 
 
 def delete(image_id: int) -> str:
-    """Free image ``image_id`` (and its placements) in the terminal."""
+    """Free image ``image_id`` (its virtual placement and its data) in the terminal."""
     return _command(f"a=d,d=I,i={image_id},q=2")
+
+
+def hide(image_id: int) -> str:
+    """Delete image ``image_id``'s placements but keep its data (``d=i``, lower case), so
+    :func:`place` shows it again without sending the pixels. Placeholder cells of an image
+    without a placement show nothing."""
+    return _command(f"a=d,d=i,i={image_id},q=2")
+
+
+def place(image_id: int, columns: int, rows: int) -> str:
+    """A new virtual placement (``a=p,U=1``) of the image ``image_id`` already sent, scaled
+    into ``columns`` x ``rows`` placeholder cells (after :func:`hide`)."""
+    if not (0 < columns <= MAX_CELLS and 0 < rows <= MAX_CELLS):
+        raise ValueError(f"a kitty placement of {columns}x{rows} cells is out of range")
+    return _command(f"a=p,U=1,i={image_id},c={columns},r={rows},q=2")
 
 
 def placeholder_row(row: int, columns: int) -> str:

@@ -7,11 +7,13 @@ import base64
 import fcntl
 import os
 import re
+import select
 import shutil
 import struct
 import subprocess
 import termios
 import threading
+import tty
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from novaconsole.terminal_graphics import (
     parse_reply,
     probe_terminal,
     resolve_graphics,
+    typed_ahead,
     winsize_cell,
 )
 from novaconsole.vnc import kitty
@@ -200,6 +203,55 @@ def test_probe_over_a_real_pty_reads_until_da1() -> None:
     assert reply.startswith(FOOT)
     graphics = resolve_graphics("auto", fd=None)
     assert graphics.protocol == "cells"
+
+
+def test_typed_ahead_is_the_reply_without_the_terminal_s_answers() -> None:
+    kitty_ok = len(b"\x1b_Gi=31;OK\x1b\\")  # keys come between answers, not inside one
+    assert typed_ahead(b"ab" + KITTY[:kitty_ok] + b"c" + KITTY[kitty_ok:] + b"d") == b"abcd"
+    assert typed_ahead(LATE_KITTY + b"q") == b"q"  # a Kitty answer after DA1 is no key
+    assert typed_ahead(KITTY_REFUSED) == b""
+    assert typed_ahead(b"\x1b[A" + XTERM_SIXEL + b"\x1b[6;1;1tz") == b"\x1b[A\x1b[6;1;1tz"
+    assert typed_ahead(b"no answer at all") == b"no answer at all"
+
+
+def test_keys_typed_during_detection_are_neither_lost_nor_reordered() -> None:
+    """One burst from the terminal: keys, its answers, more keys and a paste longer than
+    one read. What the probe read comes back as typed ahead; the rest is still queued for
+    the TUI (it was flushed when the probe restored the terminal's mode)."""
+    master, slave = _pty(None)
+    before, after = b"/sc", b"hed\x1b[A"
+    paste = bytes(range(0x61, 0x7B)) * 200  # 5200 bytes of a..z: more than one read
+    burst = before + FOOT + after + paste
+    seen = bytearray()
+
+    def terminal() -> None:  # the other end of the pty, answering as foot does
+        while len(seen) < len(QUERY):
+            seen.extend(os.read(master, 1024))
+        view = memoryview(burst)
+        while view:  # the pty takes what fits; the rest waits for the reader
+            view = view[os.write(master, view) :]
+
+    player = threading.Thread(target=terminal, daemon=True)
+    player.start()
+    rest = bytearray()
+    try:
+        graphics = resolve_graphics("auto", fd=slave, environ={"TERM": "foot"})
+        # As Textual's driver does before it reads (TCSANOW: tty.setraw's default,
+        # TCSAFLUSH, would drop what is queued).
+        tty.setraw(slave, termios.TCSANOW)
+        while True:
+            ready, _, _ = select.select([slave], [], [], 2)
+            if not ready:
+                break
+            rest.extend(os.read(slave, 65536))
+    finally:
+        player.join(10)
+        os.close(master)
+        os.close(slave)
+    assert bytes(seen) == QUERY
+    assert graphics.protocol == "sixel"
+    assert graphics.typed_ahead.startswith(before + after)
+    assert graphics.typed_ahead + bytes(rest) == before + after + paste
 
 
 def test_resolve_uses_the_reply_and_the_window_size() -> None:
