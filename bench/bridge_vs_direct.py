@@ -378,6 +378,46 @@ class BridgeProcess:
         self.child.wait(timeout=30)
 
 
+def direct_concurrent_sessions(host: str, port: int, count: int) -> dict[str, Any]:
+    """The peer of :func:`concurrent_sessions`: the same sessions straight to the VNC
+    server over TCP, all held open at once (how many the server itself serves)."""
+    import socket
+
+    opened: list[Transport] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(count + 1)
+    release = threading.Event()
+
+    def one() -> None:
+        try:
+            sock = socket.create_connection((host, port), timeout=10)
+            sock.settimeout(10)
+            transport = SocketTransport(sock)
+            hs = perform_handshake(transport, "direct")
+            set_raw(transport)
+            request(transport, 0, 0, hs.width, hs.height)
+            read_update(Stream(transport), hs.pixel_format.bits_per_pixel // 8)
+            with lock:
+                opened.append(transport)
+        except Exception as exc:
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        ready.wait()
+        release.wait()
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    release.set()
+    for transport in opened:
+        transport.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    return {"sessions": len(opened), "errors": errors[:3]}
+
+
 def concurrent_sessions(host: str, port: int, count: int) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.bridge_vs_direct", "--serve", f"{host}:{port}", str(count)],
@@ -647,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: websocket_transport(url, None),
             )
         qemu_many = concurrent_sessions(host, port, args.sessions)
+        time.sleep(5)  # QEMU lets go of the bridge's sessions before its peer's
+        qemu_direct = direct_concurrent_sessions(host, port, args.sessions)
         instant = InstantServerProcess()
         try:
             local = local_paths(instant.port, args.rounds, args.frames, args.local_repeat)
@@ -683,7 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{qemu_many['sessions']} of {args.sessions} concurrent sessions through a bridge "
         f"process to this QEMU succeeded"
         + (f" (the rest: {qemu_many['errors'][0]})" if qemu_many["errors"] else "")
-        + ".",
+        + f"; straight to its VNC port over TCP, {qemu_direct['sessions']} of {args.sessions}"
+        + (f" (the rest: {qemu_direct['errors'][0]})" if qemu_direct["errors"] else "")
+        + ": how many sessions at once QEMU's VNC server itself completes.",
         "",
         "### To a local VNC server that answers at once (the path's own cost)",
         "",
