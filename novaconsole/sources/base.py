@@ -7,19 +7,21 @@ Nothing here imports Textual: sources are plain blocking code the UI runs in thr
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.parse import (
+    ServerParser,
     endpoint_rows,
     hypervisor_rows,
     image_row,
-    server_row,
     service_row,
 )
+from novaconsole.sources.rawstore import ApiPage, PagedBody, RawPage, pack_raw
 from novaconsole.sources.rows import (
     CloudInfo,
     EndpointRow,
@@ -31,6 +33,10 @@ from novaconsole.sources.rows import (
 
 #: Seconds a catalog reachability probe waits for any HTTP answer.
 PROBE_TIMEOUT = 2.0
+
+
+def _no_pace() -> None:
+    """The default pace between pages: none."""
 
 
 class CloudSource(ABC):
@@ -76,6 +82,17 @@ class CloudSource(ABC):
     def raw_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail`` entries, all projects when allowed (all pages)."""
 
+    def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
+        """``GET /servers/detail`` page by page (``deleted``: :meth:`raw_deleted_servers`).
+
+        Sources that talk to an API override this to yield each page as it arrives, so a
+        listing never holds more than one page of decoded bodies; this default makes one
+        page of :meth:`raw_servers`.
+        """
+        entries = self.raw_deleted_servers() if deleted else self.raw_servers()
+        content = json.dumps({"servers": entries}, separators=(",", ":")).encode()
+        yield ApiPage(content, "servers", entries)
+
     def raw_deleted_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail?deleted=True``: deleted servers not yet archived (admins).
 
@@ -117,7 +134,8 @@ class CloudSource(ABC):
     # -- rows (shared) -----------------------------------------------------------------
 
     def services(self) -> list[ServiceRow]:
-        return [service_row(raw) for raw in self.raw_services()]
+        # A region has a nova-compute per hypervisor: their bodies are kept compressed.
+        return pack_raw(service_row(raw) for raw in self.raw_services())
 
     def catalog(self) -> list[EndpointRow]:
         return endpoint_rows(self.raw_catalog())
@@ -143,15 +161,50 @@ class CloudSource(ABC):
 
     def hypervisors(self) -> list[HypervisorRow]:
         hypervisors, services, providers = self.raw_hypervisors()
-        return hypervisor_rows(hypervisors, services, providers)
+        rows = hypervisor_rows(hypervisors, services, providers)
+        del hypervisors, services, providers
+        return pack_raw(rows)
 
-    def servers(self, image_names: Mapping[str, str] | None = None) -> list[ServerRow]:
+    def servers(
+        self,
+        image_names: Mapping[str, str] | None = None,
+        *,
+        pace: Callable[[], None] = _no_pace,
+        reuse: Mapping[str, ServerRow] | None = None,
+    ) -> list[ServerRow]:
+        """Rows of every server, page by page: each page's body is kept compressed for the
+        details view and its decoded entries are dropped once parsed. ``pace`` is called
+        between pages (the console waits there while its UI is busy). A row of ``reuse``
+        (by id) equal to the one parsed is returned instead, reading its newest body, so a
+        refresh of an unchanged region allocates no rows."""
         names = image_names if image_names is not None else getattr(self, "image_names", {})
-        return [server_row(raw, names) for raw in self.raw_servers()]
+        return self._server_rows(self.raw_server_pages(), names, pace, reuse or {})
 
     def deleted_servers(self) -> list[ServerRow]:
         names = getattr(self, "image_names", {})
-        return [server_row(raw, names) for raw in self.raw_deleted_servers()]
+        return self._server_rows(self.raw_server_pages(deleted=True), names)
+
+    @staticmethod
+    def _server_rows(
+        pages: Iterator[ApiPage],
+        names: Mapping[str, str],
+        pace: Callable[[], None] = _no_pace,
+        reuse: Mapping[str, ServerRow] | None = None,
+    ) -> list[ServerRow]:
+        parser = ServerParser(names)
+        rows: list[ServerRow] = []
+        reuse = reuse or {}
+        for page in pages:
+            pace()
+            stored = RawPage(page.content, page.key)
+            for index, raw in enumerate(page.entries):
+                row = parser.row(raw, PagedBody(stored, index))
+                old = reuse.get(row.id)
+                if old is not None and old == row and isinstance(old.raw, PagedBody):
+                    old.raw.repoint(stored, index)
+                    row = old
+                rows.append(row)
+        return rows
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release connections (called when the console switches cloud or quits)."""

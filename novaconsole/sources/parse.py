@@ -6,6 +6,7 @@ APIs returned, so what the snapshot tests see is parsed by the same code as the 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -212,25 +213,59 @@ def _addresses(raw: Any) -> str:
     return "; ".join(parts)
 
 
+def _interned(value: Any) -> str | None:
+    # Hosts, statuses, flavors and projects repeat across 100,000 rows: one string each.
+    return sys.intern(value) if isinstance(value, str) else None if value is None else str(value)
+
+
+class ServerParser:
+    """Parses the servers of one listing, sharing repeated values between rows.
+
+    Strings that repeat (host, status, flavor, project) are interned and equal timestamps
+    share one ``datetime``, so a row costs its own few fields and not a copy of each.
+    """
+
+    def __init__(self, image_names: Mapping[str, str] | None = None) -> None:
+        self.image_names = image_names or {}
+        self._times: dict[str, datetime | None] = {}
+
+    def _time(self, value: Any) -> datetime | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            return self._times[value]
+        except KeyError:
+            if len(self._times) > 100_000:
+                self._times.clear()
+            stamp = self._times[value] = parse_time(value)
+            return stamp
+
+    def row(self, raw: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> ServerRow:
+        """A row from one entry of ``GET /servers/detail``; ``keep`` is what ``raw`` holds
+        (a :class:`~novaconsole.sources.rawstore.PagedBody` of it), ``raw`` itself if None."""
+        flavor = raw.get("flavor") or {}
+        flavor_name = _str(flavor.get("original_name") or flavor.get("id"))
+        image = raw.get("image")
+        image_id = _str(image.get("id")) if isinstance(image, Mapping) else ""
+        image_label = self.image_names.get(image_id, image_id) if image_id else "(volume)"
+        power = raw.get("OS-EXT-STS:power_state")
+        return ServerRow(
+            id=_str(raw.get("id")),
+            name=_str(raw.get("name")),
+            status=_interned(_str(raw.get("status"))) or "",
+            task_state=_interned(raw.get("OS-EXT-STS:task_state") or None),
+            power_state=POWER_STATES.get(power, _str(power)) if isinstance(power, int) else "",
+            host=_interned(raw.get("OS-EXT-SRV-ATTR:host") or None),
+            flavor=sys.intern(flavor_name),
+            image=sys.intern(image_label),
+            addresses=_addresses(raw.get("addresses")),
+            created_at=self._time(raw.get("created")),
+            project_id=sys.intern(_str(raw.get("tenant_id") or raw.get("project_id"))),
+            raw=raw if keep is None else keep,
+            vm_state=_interned(raw.get("OS-EXT-STS:vm_state") or None),
+        )
+
+
 def server_row(raw: Mapping[str, Any], image_names: Mapping[str, str] | None = None) -> ServerRow:
     """A row from one entry of ``GET /servers/detail``."""
-    flavor = raw.get("flavor") or {}
-    flavor_name = _str(flavor.get("original_name") or flavor.get("id"))
-    image = raw.get("image")
-    image_id = _str(image.get("id")) if isinstance(image, Mapping) else ""
-    image_label = (image_names or {}).get(image_id, image_id) if image_id else "(volume)"
-    power = raw.get("OS-EXT-STS:power_state")
-    return ServerRow(
-        id=_str(raw.get("id")),
-        name=_str(raw.get("name")),
-        status=_str(raw.get("status")),
-        task_state=raw.get("OS-EXT-STS:task_state") or None,
-        power_state=POWER_STATES.get(power, _str(power)) if isinstance(power, int) else "",
-        host=raw.get("OS-EXT-SRV-ATTR:host") or None,
-        flavor=flavor_name,
-        image=image_label,
-        addresses=_addresses(raw.get("addresses")),
-        created_at=parse_time(raw.get("created")),
-        project_id=_str(raw.get("tenant_id") or raw.get("project_id")),
-        raw=raw,
-    )
+    return ServerParser(image_names).row(raw)
