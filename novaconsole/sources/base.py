@@ -15,9 +15,9 @@ from typing import Any
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.parse import (
+    HypervisorJoin,
     ServerParser,
     endpoint_rows,
-    hypervisor_rows,
     image_row,
     service_row,
 )
@@ -93,6 +93,18 @@ class CloudSource(ABC):
         content = json.dumps({"servers": entries}, separators=(",", ":")).encode()
         yield ApiPage(content, "servers", entries)
 
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """:meth:`raw_hypervisors` with the hypervisors page by page (``os-hypervisors``
+        pages from compute 2.33), so a region's 10,000 bodies are never decoded at once.
+
+        Sources that talk to an API override this; the default makes one page.
+        """
+        hypervisors, services, providers = self.raw_hypervisors()
+        content = json.dumps({"hypervisors": hypervisors}, separators=(",", ":")).encode()
+        return iter([ApiPage(content, "hypervisors", hypervisors)]), services, providers
+
     def raw_deleted_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail?deleted=True``: deleted servers not yet archived (admins).
 
@@ -160,10 +172,15 @@ class CloudSource(ABC):
         return rows
 
     def hypervisors(self) -> list[HypervisorRow]:
-        hypervisors, services, providers = self.raw_hypervisors()
-        rows = hypervisor_rows(hypervisors, services, providers)
-        del hypervisors, services, providers
-        return pack_raw(rows)
+        """Rows of every hypervisor, joined page by page; each page's body is kept
+        compressed for the details view (as for servers)."""
+        pages, services, providers = self.raw_hypervisor_parts()
+        join = HypervisorJoin(services, providers)
+        rows: list[HypervisorRow] = []
+        for page in pages:
+            stored = RawPage(page.content, page.key)
+            rows.extend(join.row(raw, PagedBody(stored, i)) for i, raw in enumerate(page.entries))
+        return rows + pack_raw(join.unmapped())
 
     def servers(
         self,

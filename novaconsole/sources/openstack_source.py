@@ -185,6 +185,12 @@ class OpenStackSource(CloudSource):
     def raw_hypervisors(
         self,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        pages, services, providers = self.raw_hypervisor_parts()
+        return [e for page in pages for e in page.entries], services, providers
+
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
         mv = self._compute_mv(HYPERVISORS_MICROVERSION)
         params: dict[str, Any] = {}
         version = tuple(int(p) for p in mv.split(".")) if mv else (2, 1)
@@ -192,14 +198,6 @@ class OpenStackSource(CloudSource):
             params["limit"] = PAGE_SIZE
         if version >= (2, 53):
             params["with_servers"] = "true"
-        hypervisors = self._pages(
-            self.conn.compute,
-            "/os-hypervisors/detail",
-            "hypervisors",
-            "hypervisor list",
-            params,
-            microversion=mv,
-        )
         services = self.raw_services()
         placement = self.conn.placement
         body = self._json(placement, "/resource_providers", "resource provider list")
@@ -216,7 +214,15 @@ class OpenStackSource(CloudSource):
         if providers:
             with ThreadPoolExecutor(max_workers=min(8, len(providers))) as pool:
                 list(pool.map(fill, list(providers)))
-        return hypervisors, services, providers
+        pages = self._page_iter(
+            self.conn.compute,
+            "/os-hypervisors/detail",
+            "hypervisors",
+            "hypervisor list",
+            params,
+            microversion=mv,
+        )
+        return pages, services, providers
 
     def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
         mv = self._compute_mv(SERVERS_MICROVERSION)

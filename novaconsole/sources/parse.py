@@ -121,6 +121,87 @@ def _use(provider: Mapping[str, Any] | None, resource_class: str) -> ResourceUse
     return ResourceUse(used=used, capacity=int((total - reserved) * ratio))
 
 
+class HypervisorJoin:
+    """Joins ``os-hypervisors`` entries, as they come page by page, with ``os-services``
+    and Placement (see :func:`hypervisor_rows`)."""
+
+    def __init__(
+        self, services: Sequence[Mapping[str, Any]], providers: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        self.computes = {
+            _str(s.get("host")): s for s in services if s.get("binary") == "nova-compute"
+        }
+        self.providers = providers
+        self.by_name = {_str(p.get("name")): (uuid, p) for uuid, p in providers.items()}
+        self.seen_hosts: set[str] = set()
+
+    def row(self, raw: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> HypervisorRow:
+        """The row of one hypervisor; ``keep`` is what the row holds as ``raw`` (``raw``
+        itself if None, else e.g. a :class:`~novaconsole.sources.rawstore.PagedBody`)."""
+        hyp_id = _str(raw.get("id"))
+        name = _str(raw.get("hypervisor_hostname"))
+        host = _str((raw.get("service") or {}).get("host")) or name
+        self.seen_hosts.add(host)
+        provider = self.providers.get(hyp_id) or self.by_name.get(name, ("", None))[1]
+        flags: list[str] = []
+        service = self.computes.get(host)
+        if raw.get("state") == "down" or (service is not None and service.get("state") == "down"):
+            flags.append("compute service down")
+        if raw.get("status") == "disabled":
+            flags.append("compute service disabled")
+        if provider is None:
+            flags.append("no resource provider in Placement")
+        servers = raw.get("servers")
+        if isinstance(servers, list):
+            running: int | None = len(servers)
+        elif isinstance(raw.get("running_vms"), int):
+            running = int(raw["running_vms"])
+        else:
+            running = 0 if "servers" not in raw and provider is not None else None
+        return HypervisorRow(
+            id=hyp_id,
+            name=name,
+            hypervisor_type=sys.intern(_str(raw.get("hypervisor_type"))),
+            state=sys.intern(_str(raw.get("state"))),
+            status=sys.intern(_str(raw.get("status"))),
+            host_ip=_str(raw.get("host_ip")),
+            running_vms=running,
+            vcpu=_use(provider, "VCPU"),
+            memory_mb=_use(provider, "MEMORY_MB"),
+            disk_gb=_use(provider, "DISK_GB"),
+            flags=tuple(flags),
+            raw=raw if keep is None else keep,
+        )
+
+    def unmapped(self) -> list[HypervisorRow]:
+        """Rows of the compute services no hypervisor was seen for (after every page)."""
+        rows: list[HypervisorRow] = []
+        for host, service in sorted(self.computes.items()):
+            if host in self.seen_hosts:
+                continue
+            uuid, provider = self.by_name.get(host, ("", None))
+            flags = [UNMAPPED_FLAG]
+            if service.get("state") == "down":
+                flags.insert(0, "compute service down")
+            rows.append(
+                HypervisorRow(
+                    id=uuid or _str(service.get("id")),
+                    name=host,
+                    hypervisor_type="?",
+                    state=_str(service.get("state")),
+                    status=_str(service.get("status")),
+                    host_ip="",
+                    running_vms=None,
+                    vcpu=_use(provider, "VCPU"),
+                    memory_mb=_use(provider, "MEMORY_MB"),
+                    disk_gb=_use(provider, "DISK_GB"),
+                    flags=tuple(flags),
+                    raw={"service": service, "resource_provider": provider or {}},
+                )
+            )
+        return rows
+
+
 def hypervisor_rows(
     hypervisors: Sequence[Mapping[str, Any]],
     services: Sequence[Mapping[str, Any]],
@@ -136,71 +217,9 @@ def hypervisor_rows(
     os-services lists every cell's services: a ``nova-compute`` service with no hypervisor is
     therefore a host not mapped to a cell, and gets a row of its own saying so.
     """
-    computes = {_str(s.get("host")): s for s in services if s.get("binary") == "nova-compute"}
-    by_name = {_str(p.get("name")): (uuid, p) for uuid, p in providers.items()}
-    rows: list[HypervisorRow] = []
-    seen_hosts: set[str] = set()
-    for raw in hypervisors:
-        hyp_id = _str(raw.get("id"))
-        name = _str(raw.get("hypervisor_hostname"))
-        host = _str((raw.get("service") or {}).get("host")) or name
-        seen_hosts.add(host)
-        provider = providers.get(hyp_id) or by_name.get(name, ("", None))[1]
-        flags: list[str] = []
-        service = computes.get(host)
-        if raw.get("state") == "down" or (service is not None and service.get("state") == "down"):
-            flags.append("compute service down")
-        if raw.get("status") == "disabled":
-            flags.append("compute service disabled")
-        if provider is None:
-            flags.append("no resource provider in Placement")
-        servers = raw.get("servers")
-        if isinstance(servers, list):
-            running: int | None = len(servers)
-        elif isinstance(raw.get("running_vms"), int):
-            running = int(raw["running_vms"])
-        else:
-            running = 0 if "servers" not in raw and provider is not None else None
-        rows.append(
-            HypervisorRow(
-                id=hyp_id,
-                name=name,
-                hypervisor_type=_str(raw.get("hypervisor_type")),
-                state=_str(raw.get("state")),
-                status=_str(raw.get("status")),
-                host_ip=_str(raw.get("host_ip")),
-                running_vms=running,
-                vcpu=_use(provider, "VCPU"),
-                memory_mb=_use(provider, "MEMORY_MB"),
-                disk_gb=_use(provider, "DISK_GB"),
-                flags=tuple(flags),
-                raw=raw,
-            )
-        )
-    for host, service in sorted(computes.items()):
-        if host in seen_hosts:
-            continue
-        uuid, provider = by_name.get(host, ("", None))
-        flags = [UNMAPPED_FLAG]
-        if service.get("state") == "down":
-            flags.insert(0, "compute service down")
-        rows.append(
-            HypervisorRow(
-                id=uuid or _str(service.get("id")),
-                name=host,
-                hypervisor_type="?",
-                state=_str(service.get("state")),
-                status=_str(service.get("status")),
-                host_ip="",
-                running_vms=None,
-                vcpu=_use(provider, "VCPU"),
-                memory_mb=_use(provider, "MEMORY_MB"),
-                disk_gb=_use(provider, "DISK_GB"),
-                flags=tuple(flags),
-                raw={"service": service, "resource_provider": provider or {}},
-            )
-        )
-    return rows
+    join = HypervisorJoin(services, providers)
+    rows = [join.row(raw) for raw in hypervisors]
+    return rows + join.unmapped()
 
 
 def _addresses(raw: Any) -> str:

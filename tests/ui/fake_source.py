@@ -128,6 +128,20 @@ class FakeCloudSource(CloudSource):
         self._call("raw_deleted_servers")
         return copy.deepcopy(self.data.get("deleted_servers", []))
 
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Hypervisors in pages of ``page_size``, each encoded and decoded as the API's."""
+        hypervisors, services, providers = self.raw_hypervisors()
+
+        def pages() -> Iterator[ApiPage]:
+            for start in range(0, max(1, len(hypervisors)), self.page_size):
+                batch = hypervisors[start : start + self.page_size]
+                content = json.dumps({"hypervisors": batch}).encode()
+                yield ApiPage(content, "hypervisors", json.loads(content)["hypervisors"])
+
+        return pages(), services, providers
+
     def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
         """Pages of ``page_size`` servers, each encoded and decoded as the API's would be."""
         self._call("raw_deleted_servers" if deleted else "raw_servers")
