@@ -21,7 +21,7 @@ from novaconsole.sources.parse import (
     image_row,
     service_row,
 )
-from novaconsole.sources.rawstore import ApiPage, PagedBody, RawPage, pack_raw
+from novaconsole.sources.rawstore import ApiPage, PagedBody, RawPage, pack_raw, paused_gc
 from novaconsole.sources.rows import (
     CloudInfo,
     EndpointRow,
@@ -147,7 +147,8 @@ class CloudSource(ABC):
 
     def services(self) -> list[ServiceRow]:
         # A region has a nova-compute per hypervisor: their bodies are kept compressed.
-        return pack_raw(service_row(raw) for raw in self.raw_services())
+        with paused_gc():
+            return pack_raw(service_row(raw) for raw in self.raw_services())
 
     def catalog(self) -> list[EndpointRow]:
         return endpoint_rows(self.raw_catalog())
@@ -174,13 +175,17 @@ class CloudSource(ABC):
     def hypervisors(self) -> list[HypervisorRow]:
         """Rows of every hypervisor, joined page by page; each page's body is kept
         compressed for the details view (as for servers)."""
-        pages, services, providers = self.raw_hypervisor_parts()
-        join = HypervisorJoin(services, providers)
-        rows: list[HypervisorRow] = []
-        for page in pages:
-            stored = RawPage(page.content, page.key)
-            rows.extend(join.row(raw, PagedBody(stored, i)) for i, raw in enumerate(page.entries))
-        return rows + pack_raw(join.unmapped())
+        with paused_gc():
+            pages, services, providers = self.raw_hypervisor_parts()
+            join = HypervisorJoin(services, providers)
+            rows: list[HypervisorRow] = []
+            for page in pages:
+                stored = RawPage(page.content, page.key)
+                rows.extend(
+                    join.row(raw, PagedBody(stored, i)) for i, raw in enumerate(page.entries)
+                )
+                del page
+            return rows + pack_raw(join.unmapped())
 
     def servers(
         self,
@@ -211,16 +216,20 @@ class CloudSource(ABC):
         parser = ServerParser(names)
         rows: list[ServerRow] = []
         reuse = reuse or {}
-        for page in pages:
-            pace()
-            stored = RawPage(page.content, page.key)
-            for index, raw in enumerate(page.entries):
-                row = parser.row(raw, PagedBody(stored, index))
-                old = reuse.get(row.id)
-                if old is not None and old == row and isinstance(old.raw, PagedBody):
-                    old.raw.repoint(stored, index)
-                    row = old
-                rows.append(row)
+        # The whole listing with the collector paused: its pages are freed by reference
+        # counting as they are parsed (see rawstore.paused_gc).
+        with paused_gc():
+            for page in pages:
+                pace()
+                stored = RawPage(page.content, page.key)
+                for index, raw in enumerate(page.entries):
+                    row = parser.row(raw, PagedBody(stored, index))
+                    old = reuse.get(row.id)
+                    if old is not None and old == row and isinstance(old.raw, PagedBody):
+                        old.raw.repoint(stored, index)
+                        row = old
+                    rows.append(row)
+                del page
         return rows
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing

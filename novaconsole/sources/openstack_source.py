@@ -8,7 +8,6 @@ stay exactly what the API said (the details view shows them, the recorder stores
 from __future__ import annotations
 
 import contextlib
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 from novaconsole.cloud import connect, describe_failure
 from novaconsole.errors import ConnectionFailure, NovaconsoleError
 from novaconsole.sources.base import CloudSource
-from novaconsole.sources.rawstore import ApiPage
+from novaconsole.sources.rawstore import ApiPage, decode
 from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
 
 #: Microversions asked for (capped at what the cloud supports).
@@ -79,7 +78,7 @@ class OpenStackSource(CloudSource):
         try:
             response = adapter.get(path, raise_exc=True, **kwargs)
             content: bytes = response.content
-            return content, json.loads(content)
+            return content, decode(content)
         except Exception as exc:
             raise self._fail(exc, what) from exc
 
@@ -94,15 +93,18 @@ class OpenStackSource(CloudSource):
         query = dict(params)
         while True:
             content, body = self._get(adapter, path, what, params=query, **kw)
-            batch: list[dict[str, Any]] = body.get(key, [])
             more = body.get("next") or any(
                 link.get("rel") == "next" for link in body.get(f"{key}_links", ())
             )
-            del body
-            yield ApiPage(content, key, batch)
-            if not more or not batch:
+            entries: list[dict[str, Any]] = body.pop(key, None) or []
+            marker = entries[-1]["id"] if entries else None
+            page, entries = ApiPage(content, key, entries), []
+            # Not kept here while the consumer parses it (nor decoded twice at once).
+            yield page
+            del page
+            if not more or marker is None:
                 return
-            query["marker"] = batch[-1]["id"]
+            query["marker"] = marker
 
     def _pages(
         self, adapter: Any, path: str, key: str, what: str, params: dict[str, Any], **kw: Any

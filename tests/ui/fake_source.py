@@ -19,7 +19,7 @@ from typing import Any
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.base import CloudSource
-from novaconsole.sources.rawstore import ApiPage
+from novaconsole.sources.rawstore import ApiPage, decode_page
 from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
 
 RECORDING = Path(__file__).parent / "data" / "lab_recording.json"
@@ -138,7 +138,7 @@ class FakeCloudSource(CloudSource):
             for start in range(0, max(1, len(hypervisors)), self.page_size):
                 batch = hypervisors[start : start + self.page_size]
                 content = json.dumps({"hypervisors": batch}).encode()
-                yield ApiPage(content, "hypervisors", json.loads(content)["hypervisors"])
+                yield decode_page(content, "hypervisors")
 
         return pages(), services, providers
 
@@ -148,7 +148,7 @@ class FakeCloudSource(CloudSource):
         servers = self.data.get("deleted_servers", []) if deleted else self.data["servers"]
         for start in range(0, max(1, len(servers)), self.page_size):
             content = json.dumps({"servers": servers[start : start + self.page_size]}).encode()
-            yield ApiPage(content, "servers", json.loads(content)["servers"])
+            yield decode_page(content, "servers")
 
     # -- actions (change the recording as Nova would) ----------------------------------
 
