@@ -39,6 +39,10 @@ def paused_gc() -> Iterator[None]:
     collector running they survive into the oldest generation and set off full
     collections: at 100,000 servers about ten per refresh, each ~100 ms with the GIL held,
     which stalled the UI thread's typing. Paused, they are never scanned at all.
+
+    A listing holds the pause from its first page to its last, the API's answers between
+    included (a collection in that gap would promote the page being parsed); other
+    threads' cyclic garbage, little, waits until then.
     """
     global _gc_pauses, _gc_was_enabled
     with _gc_lock:

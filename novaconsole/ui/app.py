@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
@@ -126,6 +126,8 @@ class NovaConsoleApp(App[int]):
         self.readonly = settings.readonly
         self.plugin_manager = plugin_manager
         self.clock = clock
+        #: ``time.monotonic()`` of the last key or click (see :meth:`on_event`).
+        self.last_input_at = 0.0
         self.cloud_names = cloud_names
         self.remember_theme = remember_theme
         self.source: CloudSource | None = None
@@ -229,6 +231,13 @@ class NovaConsoleApp(App[int]):
     @property
     def active_pane(self) -> ResourcePane:
         return self.pane(self.active_pane_name)
+
+    async def on_event(self, event: events.Event) -> None:
+        # When the operator last typed or clicked: long refreshes wait for a pause in the
+        # input before going on (ResourcePane.pace), so typing never waits for them.
+        if isinstance(event, events.Key | events.MouseDown):
+            self.last_input_at = time.monotonic()
+        await super().on_event(event)
 
     def on_mount(self) -> None:
         self._show_header()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,8 @@ ACTION_LOG = logging.getLogger("novaconsole.console.actions")
 Clock = Callable[[], datetime]
 #: The longest a refresh waits for the UI at one step (so steady typing slows it, never stops it).
 PACE_WAIT = 0.25
+#: A refresh waits while the operator has pressed a key (or clicked) this recently.
+QUIET = 0.15
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -155,6 +158,8 @@ class ResourcePane(Vertical):
         self.refresh_count = 0
         self._previous: TableData | None = None
         self._reusable: list[Any] = []
+        #: When the app last saw a key or click (``time.monotonic``), read by :meth:`pace`.
+        self._last_input: Callable[[], float] = lambda: 0.0
         self.columns: list[Column] = [*self.build_columns(), *self._plugin_columns()]
         for index, action in enumerate(self.extra_actions):
             if readonly and action.mutating:
@@ -177,12 +182,21 @@ class ResourcePane(Vertical):
         return rows
 
     def pace(self) -> None:
-        """Blocking, in a worker: wait (a bounded while) until the pane has handled what is
-        queued before, so a long refresh takes its turns between the UI's work instead of
-        competing with it for the interpreter."""
+        """Blocking, in a worker: while the operator is typing (a key or click within
+        :data:`QUIET` seconds), wait until the pane has handled what is queued before and
+        the input has gone quiet, for at most :data:`PACE_WAIT` seconds; otherwise return
+        at once. A long refresh then takes its turns between keystrokes instead of
+        competing with the UI thread for the interpreter (slowed by typing, never stopped).
+        """
+        last_input = self._last_input
+        if time.monotonic() - last_input() >= QUIET:
+            return
+        deadline = time.monotonic() + PACE_WAIT
         done = threading.Event()
         self.post_message(self.Pace(done))  # thread-safe, and never blocks
         done.wait(PACE_WAIT)
+        while time.monotonic() < deadline and time.monotonic() - last_input() < QUIET:
+            time.sleep(0.01)
 
     def row_id(self, row: Any) -> str:
         return str(getattr(row, "id", id(row)))
@@ -255,6 +269,9 @@ class ResourcePane(Vertical):
         self.pending = False
         self._update_status()
         table = next(iter(self.query(ResourceTable)), None) if self.is_mounted else None
+        if self.is_mounted:
+            app = self.app
+            self._last_input = lambda: float(getattr(app, "last_input_at", 0.0))
         # Handed over through an attribute the worker clears: Textual keeps a finished
         # worker's arguments, and old rows must not outlive the refresh that replaced them.
         pure = self.PURE_COLUMNS and not self.extra_columns

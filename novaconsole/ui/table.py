@@ -28,7 +28,7 @@ from novaconsole.ui.filtering import RowFilter
 ROW_STYLES = ("error", "warning", "muted")
 GAP = "  "
 #: Rows prepared between two calls of a worker's ``pace``.
-PACE_ROWS = 2000
+PACE_ROWS = 1000
 
 
 def format_value(value: object) -> str:

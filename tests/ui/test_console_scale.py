@@ -3,8 +3,10 @@ API page, servers parsed page by page, rows reused across refreshes, pagination.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -12,11 +14,14 @@ from typing import Any
 import pytest
 from console_helpers import AppFactory, settle
 from fake_source import FakeCloudSource, FakeConnection, load_recording
+from textual.message import Message
 
+import novaconsole.ui.pane as pane_module
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.openstack_source import PAGE_SIZE, OpenStackSource
 from novaconsole.sources.parse import UNMAPPED_FLAG, hypervisor_rows, server_row
 from novaconsole.sources.rawstore import ApiPage, PagedBody, RawPage, pack_raw, paused_gc
+from novaconsole.ui.pane import ResourcePane
 from novaconsole.ui.table import Column, prepare_table
 from novaconsole.ui.text_screen import TextScreen, to_yaml
 
@@ -199,3 +204,39 @@ def test_the_collector_is_paused_while_a_listing_is_parsed_and_resumes_after() -
         assert not gc.isenabled()  # never enables a collector it found disabled
     finally:
         gc.enable()
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_paces_itself_only_while_the_operator_types(
+    fake_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pane_module, "PACE_WAIT", 0.2)
+    app = fake_app()
+    async with app.run_test(size=(160, 50)) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        pane = app.pane("servers")
+        posted: list[object] = []
+        original = pane.post_message
+
+        def recording(message: Message) -> bool:
+            posted.append(message)
+            return original(message)
+
+        monkeypatch.setattr(pane, "post_message", recording)
+        # No key for a while: a refresh goes on at once, without asking the UI anything.
+        pane._last_input = lambda: time.monotonic() - 10
+        await asyncio.to_thread(pane.pace)
+        assert not any(isinstance(m, ResourcePane.Pace) for m in posted)
+        # While keys arrive, it waits for the pane to reach its turn and for a quiet moment,
+        # and goes on after PACE_WAIT at most (typing slows a refresh, never stops it).
+        pane._last_input = time.monotonic
+        await asyncio.to_thread(pane.pace)
+        assert any(isinstance(m, ResourcePane.Pace) for m in posted)
+        # The app notes when the operator last typed; a refresh reads it.
+        before = time.monotonic()
+        await pilot.press("slash", "x")
+        assert app.last_input_at >= before
+        pane.refresh_data()
+        assert pane._last_input() == app.last_input_at
+        await settle(pilot)
