@@ -206,7 +206,8 @@ class _Response:
 
 
 class FakeNovaAdapter:
-    """``conn.compute`` over a recording, paginating ``GET /servers/detail`` as Nova does.
+    """``conn.compute`` over a recording, paginating ``GET /servers/detail`` (and
+    ``/os-hypervisors/detail``) as Nova does.
 
     Nova returns at most ``min(limit, max_limit)`` servers after ``marker`` and, when it
     cut the list, a ``servers_links`` entry with ``rel: next`` (nova/api/openstack/common.py
@@ -229,33 +230,55 @@ class FakeNovaAdapter:
     def get(self, path: str, **kwargs: Any) -> _Response:
         params = dict(kwargs.get("params") or {})
         self.queries.append({"path": path, **params})
+        if path == "/os-services":
+            return _Response({"services": self.data["services"]})
+        if path == "/os-hypervisors/detail":
+            return _Response(self._page("hypervisors", self.data["hypervisors"], params))
         if path != "/servers/detail":
             raise ConnectionFailure(f"not recorded: GET {path}")
-        servers = (
-            self.data.get("deleted_servers", []) if params.get("deleted") else self.data["servers"]
-        )
+        deleted = params.get("deleted")
+        servers = self.data.get("deleted_servers", []) if deleted else self.data["servers"]
+        return _Response(self._page("servers", servers, params))
+
+    def _page(self, key: str, items: list[dict[str, Any]], params: dict[str, Any]) -> Any:
         start = 0
         if "marker" in params:
-            ids = [s["id"] for s in servers]
+            ids = [s["id"] for s in items]
             if params["marker"] not in ids:  # Nova answers 400 for an unknown marker
                 raise ConnectionFailure(f"marker {params['marker']} could not be found")
             start = ids.index(params["marker"]) + 1
         limit = min(int(params.get("limit", self.max_limit)), self.max_limit)
-        batch = servers[start : start + limit]
-        body: dict[str, Any] = {"servers": batch}
+        batch = items[start : start + limit]
+        body: dict[str, Any] = {key: batch}
         if batch and len(batch) == limit:  # Nova links "next" whenever the page is full
-            href = f"http://nova.invalid/v2.1/servers/detail?limit={limit}&marker={batch[-1]['id']}"
-            body["servers_links"] = [{"rel": "next", "href": href}]
-        return _Response(body)
+            href = f"http://nova.invalid/v2.1/{key}?limit={limit}&marker={batch[-1]['id']}"
+            body[f"{key}_links"] = [{"rel": "next", "href": href}]
+        return body
+
+
+class FakePlacementAdapter:
+    """``conn.placement`` over a recording's ``resource_providers``."""
+
+    def __init__(self, recording: dict[str, Any]) -> None:
+        self.providers: dict[str, dict[str, Any]] = recording["resource_providers"]
+
+    def get(self, path: str, **kwargs: Any) -> _Response:
+        if path == "/resource_providers":
+            listed = [{"uuid": u, "name": p["name"]} for u, p in self.providers.items()]
+            return _Response({"resource_providers": listed})
+        _, _, uuid, what = path.split("/")
+        return _Response({what: self.providers[uuid][what]})
 
 
 class FakeConnection:
-    """Just enough of ``openstack.connection.Connection`` for the real source's server list."""
+    """Just enough of ``openstack.connection.Connection`` for the real source's server,
+    hypervisor and service lists."""
 
     def __init__(
         self, recording: dict[str, Any], *, max_limit: int = 1000, admin: bool = True
     ) -> None:
         self.compute = FakeNovaAdapter(recording, max_limit=max_limit)
+        self.placement = FakePlacementAdapter(recording)
         roles = ["admin", "member"] if admin else ["member"]
 
         class _Access:

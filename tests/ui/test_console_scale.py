@@ -240,3 +240,15 @@ async def test_a_refresh_paces_itself_only_while_the_operator_types(
         pane.refresh_data()
         assert pane._last_input() == app.last_input_at
         await settle(pilot)
+
+
+def test_the_real_source_pages_os_hypervisors_and_joins_them() -> None:
+    hyp0 = RECORDING["hypervisors"][0]
+    hypervisors = [{**hyp0, "id": f"hyp-{i}", "hypervisor_hostname": f"h{i}"} for i in range(7)]
+    conn = FakeConnection({**RECORDING, "hypervisors": hypervisors}, max_limit=3)
+    rows = OpenStackSource(conn=conn, name="test").hypervisors()
+    pages = [q for q in conn.compute.queries if q["path"] == "/os-hypervisors/detail"]
+    assert [q.get("marker") for q in pages] == [None, "hyp-2", "hyp-5"]
+    assert all(q["limit"] == PAGE_SIZE and q["with_servers"] == "true" for q in pages)
+    assert [r.name for r in rows if r.hypervisor_type != "?"] == [f"h{i}" for i in range(7)]
+    assert dict(rows[6].raw) == hypervisors[6]
