@@ -431,7 +431,14 @@ class ResourceTable(ScrollView, can_focus=True):
         position = 0
         if keep_id is not None:
             ids = self.data.ids
-            position = next((p for p, i in enumerate(indices) if ids[i] == keep_id), self.cursor)
+            # List searches in C: a generator over 100,000 rows was ~6 ms of each refresh.
+            try:
+                position = indices.index(ids.index(keep_id))
+            except ValueError:
+                position = self.cursor
+                if ids.count(keep_id) > 1:  # the same id twice, the first one filtered out
+                    shown = (p for p, i in enumerate(indices) if ids[i] == keep_id)
+                    position = next(shown, self.cursor)
         size = Size(self._total_width(), len(self.shown) + 1)
         if size != self.virtual_size:
             self.virtual_size = size

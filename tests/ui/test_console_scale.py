@@ -252,3 +252,30 @@ def test_the_real_source_pages_os_hypervisors_and_joins_them() -> None:
     assert all(q["limit"] == PAGE_SIZE and q["with_servers"] == "true" for q in pages)
     assert [r.name for r in rows if r.hypervisor_type != "?"] == [f"h{i}" for i in range(7)]
     assert dict(rows[6].raw) == hypervisors[6]
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_keeps_the_cursor_on_its_server_when_rows_move(
+    fake_app: AppFactory,
+) -> None:
+    source = FakeCloudSource({**RECORDING, "servers": _servers(30)}, page_size=7)
+    app = fake_app(source)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        table = app.pane("servers").table
+        table.cursor = 17
+        chosen = table.current_row.id
+        source.data["servers"].reverse()  # every row moves
+        source.data["servers"][3]["status"] = "ERROR"  # and one changes
+        app.pane("servers").refresh_data()
+        await settle(pilot)
+        assert table.current_row.id == chosen
+        assert table.cursor == 29 - 17
+        # Filtered out, the cursor stays where it was among the rows shown.
+        await pilot.press("slash", *"srv-1", "enter")
+        await settle(pilot)
+        assert all("srv-1" in r.name for r in table.shown_rows)
+        app.pane("servers").refresh_data()
+        await settle(pilot)
+        assert table.current_row is not None
