@@ -156,7 +156,8 @@ class DriftReport:
 
 def vm_state(server: ServerRow) -> str:
     """The server's ``vm_state`` (from the body, else derived from its status)."""
-    raw = server.raw.get("OS-EXT-STS:vm_state")
+    # The parsed field first: reading the raw body decodes its whole (compressed) page.
+    raw = server.vm_state or server.raw.get("OS-EXT-STS:vm_state")
     if raw:
         return str(raw)
     return _STATUS_VM_STATE.get(server.status.upper(), server.status.lower())

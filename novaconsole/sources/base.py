@@ -7,19 +7,21 @@ Nothing here imports Textual: sources are plain blocking code the UI runs in thr
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.parse import (
+    HypervisorJoin,
+    ServerParser,
     endpoint_rows,
-    hypervisor_rows,
     image_row,
-    server_row,
     service_row,
 )
+from novaconsole.sources.rawstore import ApiPage, PagedBody, RawPage, pack_raw, paused_gc
 from novaconsole.sources.rows import (
     CloudInfo,
     EndpointRow,
@@ -29,8 +31,14 @@ from novaconsole.sources.rows import (
     ServiceRow,
 )
 
+#: Servers parsed between two calls of a listing's ``pace`` (a few milliseconds of work).
+PACE_ROWS = 250
 #: Seconds a catalog reachability probe waits for any HTTP answer.
 PROBE_TIMEOUT = 2.0
+
+
+def _no_pace() -> None:
+    """The default pace between pages: none."""
 
 
 class CloudSource(ABC):
@@ -76,6 +84,29 @@ class CloudSource(ABC):
     def raw_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail`` entries, all projects when allowed (all pages)."""
 
+    def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
+        """``GET /servers/detail`` page by page (``deleted``: :meth:`raw_deleted_servers`).
+
+        Sources that talk to an API override this to yield each page as it arrives, so a
+        listing never holds more than one page of decoded bodies; this default makes one
+        page of :meth:`raw_servers`.
+        """
+        entries = self.raw_deleted_servers() if deleted else self.raw_servers()
+        content = json.dumps({"servers": entries}, separators=(",", ":")).encode()
+        yield ApiPage(content, "servers", entries)
+
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """:meth:`raw_hypervisors` with the hypervisors page by page (``os-hypervisors``
+        pages from compute 2.33), so a region's 10,000 bodies are never decoded at once.
+
+        Sources that talk to an API override this; the default makes one page.
+        """
+        hypervisors, services, providers = self.raw_hypervisors()
+        content = json.dumps({"hypervisors": hypervisors}, separators=(",", ":")).encode()
+        return iter([ApiPage(content, "hypervisors", hypervisors)]), services, providers
+
     def raw_deleted_servers(self) -> list[dict[str, Any]]:
         """``GET /servers/detail?deleted=True``: deleted servers not yet archived (admins).
 
@@ -117,7 +148,9 @@ class CloudSource(ABC):
     # -- rows (shared) -----------------------------------------------------------------
 
     def services(self) -> list[ServiceRow]:
-        return [service_row(raw) for raw in self.raw_services()]
+        # A region has a nova-compute per hypervisor: their bodies are kept compressed.
+        with paused_gc():
+            return pack_raw(service_row(raw) for raw in self.raw_services())
 
     def catalog(self) -> list[EndpointRow]:
         return endpoint_rows(self.raw_catalog())
@@ -142,16 +175,65 @@ class CloudSource(ABC):
         return rows
 
     def hypervisors(self) -> list[HypervisorRow]:
-        hypervisors, services, providers = self.raw_hypervisors()
-        return hypervisor_rows(hypervisors, services, providers)
+        """Rows of every hypervisor, joined page by page; each page's body is kept
+        compressed for the details view (as for servers)."""
+        with paused_gc():
+            pages, services, providers = self.raw_hypervisor_parts()
+            join = HypervisorJoin(services, providers)
+            rows: list[HypervisorRow] = []
+            for page in pages:
+                stored = RawPage(page.content, page.key)
+                rows.extend(
+                    join.row(raw, PagedBody(stored, i)) for i, raw in enumerate(page.entries)
+                )
+                del page
+            return rows + pack_raw(join.unmapped())
 
-    def servers(self, image_names: Mapping[str, str] | None = None) -> list[ServerRow]:
+    def servers(
+        self,
+        image_names: Mapping[str, str] | None = None,
+        *,
+        pace: Callable[[], None] = _no_pace,
+        reuse: Mapping[str, ServerRow] | None = None,
+    ) -> list[ServerRow]:
+        """Rows of every server, page by page: each page's body is kept compressed for the
+        details view and its decoded entries are dropped once parsed. ``pace`` is called
+        every :data:`PACE_ROWS` servers (the console waits there while the operator types). A row of ``reuse``
+        (by id) equal to the one parsed is returned instead, reading its newest body, so a
+        refresh of an unchanged region allocates no rows."""
         names = image_names if image_names is not None else getattr(self, "image_names", {})
-        return [server_row(raw, names) for raw in self.raw_servers()]
+        return self._server_rows(self.raw_server_pages(), names, pace, reuse or {})
 
     def deleted_servers(self) -> list[ServerRow]:
         names = getattr(self, "image_names", {})
-        return [server_row(raw, names) for raw in self.raw_deleted_servers()]
+        return self._server_rows(self.raw_server_pages(deleted=True), names)
+
+    @staticmethod
+    def _server_rows(
+        pages: Iterator[ApiPage],
+        names: Mapping[str, str],
+        pace: Callable[[], None] = _no_pace,
+        reuse: Mapping[str, ServerRow] | None = None,
+    ) -> list[ServerRow]:
+        parser = ServerParser(names)
+        rows: list[ServerRow] = []
+        reuse = reuse or {}
+        # The whole listing with the collector paused: its pages are freed by reference
+        # counting as they are parsed (see rawstore.paused_gc).
+        with paused_gc():
+            for page in pages:
+                stored = RawPage(page.content, page.key)
+                for index, raw in enumerate(page.entries):
+                    if index % PACE_ROWS == 0:
+                        pace()
+                    row = parser.row(raw, PagedBody(stored, index))
+                    old = reuse.get(row.id)
+                    if old is not None and old == row and isinstance(old.raw, PagedBody):
+                        old.raw.repoint(stored, index)
+                        row = old
+                    rows.append(row)
+                del page
+        return rows
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release connections (called when the console switches cloud or quits)."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from novaconsole.cloud import connect, describe_failure
 from novaconsole.errors import ConnectionFailure, NovaconsoleError
 from novaconsole.sources.base import CloudSource
+from novaconsole.sources.rawstore import ApiPage, decode
 from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
 
 #: Microversions asked for (capped at what the cloud supports).
@@ -71,30 +73,47 @@ class OpenStackSource(CloudSource):
         best = min(wanted, self._max_compute)
         return None if best < (2, 2) else f"{best[0]}.{best[1]}"
 
-    def _json(self, adapter: Any, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+    def _get(self, adapter: Any, path: str, what: str, **kwargs: Any) -> tuple[bytes, Any]:
+        """A GET's body as sent and as decoded."""
         try:
             response = adapter.get(path, raise_exc=True, **kwargs)
-            body: dict[str, Any] = response.json()
-            return body
+            content: bytes = response.content
+            return content, decode(content)
         except Exception as exc:
             raise self._fail(exc, what) from exc
+
+    def _json(self, adapter: Any, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._get(adapter, path, what, **kwargs)[1]
+        return body
+
+    def _page_iter(
+        self, adapter: Any, path: str, key: str, what: str, params: dict[str, Any], **kw: Any
+    ) -> Iterator[ApiPage]:
+        """A Nova/Glance list page by page, following ``*_links``/``next`` with markers."""
+        query = dict(params)
+        while True:
+            content, body = self._get(adapter, path, what, params=query, **kw)
+            more = body.get("next") or any(
+                link.get("rel") == "next" for link in body.get(f"{key}_links", ())
+            )
+            entries: list[dict[str, Any]] = body.pop(key, None) or []
+            marker = entries[-1]["id"] if entries else None
+            page, entries = ApiPage(content, key, entries), []
+            # Not kept here while the consumer parses it (nor decoded twice at once).
+            yield page
+            del page
+            if not more or marker is None:
+                return
+            query["marker"] = marker
 
     def _pages(
         self, adapter: Any, path: str, key: str, what: str, params: dict[str, Any], **kw: Any
     ) -> list[dict[str, Any]]:
-        """All entries of a Nova/Glance list, following ``*_links``/``next`` with markers."""
+        """All entries of a Nova/Glance list (every page)."""
         items: list[dict[str, Any]] = []
-        query = dict(params)
-        while True:
-            body = self._json(adapter, path, what, params=query, **kw)
-            batch = body.get(key, [])
-            items.extend(batch)
-            more = body.get("next") or any(
-                link.get("rel") == "next" for link in body.get(f"{key}_links", ())
-            )
-            if not more or not batch:
-                return items
-            query["marker"] = batch[-1]["id"]
+        for page in self._page_iter(adapter, path, key, what, params, **kw):
+            items.extend(page.entries)
+        return items
 
     # -- raw bodies --------------------------------------------------------------------
 
@@ -168,18 +187,19 @@ class OpenStackSource(CloudSource):
     def raw_hypervisors(
         self,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        pages, services, providers = self.raw_hypervisor_parts()
+        return [e for page in pages for e in page.entries], services, providers
+
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
         mv = self._compute_mv(HYPERVISORS_MICROVERSION)
         params: dict[str, Any] = {}
-        if mv and tuple(int(p) for p in mv.split(".")) >= (2, 53):
+        version = tuple(int(p) for p in mv.split(".")) if mv else (2, 1)
+        if version >= (2, 33):  # os-hypervisors pages (limit/marker) from 2.33 on
+            params["limit"] = PAGE_SIZE
+        if version >= (2, 53):
             params["with_servers"] = "true"
-        hypervisors = self._pages(
-            self.conn.compute,
-            "/os-hypervisors/detail",
-            "hypervisors",
-            "hypervisor list",
-            params,
-            microversion=mv,
-        )
         services = self.raw_services()
         placement = self.conn.placement
         body = self._json(placement, "/resource_providers", "resource provider list")
@@ -196,34 +216,39 @@ class OpenStackSource(CloudSource):
         if providers:
             with ThreadPoolExecutor(max_workers=min(8, len(providers))) as pool:
                 list(pool.map(fill, list(providers)))
-        return hypervisors, services, providers
-
-    def raw_servers(self) -> list[dict[str, Any]]:
-        mv = self._compute_mv(SERVERS_MICROVERSION)
-        params: dict[str, Any] = {"limit": PAGE_SIZE}
-        if self.info_is_admin():
-            params["all_tenants"] = "True"
-        return self._pages(
-            self.conn.compute, "/servers/detail", "servers", "server list", params, microversion=mv
-        )
-
-    def raw_deleted_servers(self) -> list[dict[str, Any]]:
-        # Nova lists deleted (not yet archived) instances only for admins, and only with
-        # deleted=True (nova/api/openstack/compute/servers.py, _get_servers).
-        if not self.info_is_admin():
-            raise ConnectionFailure(
-                f"listing deleted servers on cloud {self.name!r} needs the admin role"
-            )
-        mv = self._compute_mv(SERVERS_MICROVERSION)
-        params: dict[str, Any] = {"limit": PAGE_SIZE, "all_tenants": "True", "deleted": "True"}
-        return self._pages(
+        pages = self._page_iter(
             self.conn.compute,
-            "/servers/detail",
-            "servers",
-            "deleted server list",
+            "/os-hypervisors/detail",
+            "hypervisors",
+            "hypervisor list",
             params,
             microversion=mv,
         )
+        return pages, services, providers
+
+    def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
+        mv = self._compute_mv(SERVERS_MICROVERSION)
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if deleted:
+            # Nova lists deleted (not yet archived) instances only for admins, and only
+            # with deleted=True (nova/api/openstack/compute/servers.py, _get_servers).
+            if not self.info_is_admin():
+                raise ConnectionFailure(
+                    f"listing deleted servers on cloud {self.name!r} needs the admin role"
+                )
+            params.update(all_tenants="True", deleted="True")
+        elif self.info_is_admin():
+            params["all_tenants"] = "True"
+        what = "deleted server list" if deleted else "server list"
+        return self._page_iter(
+            self.conn.compute, "/servers/detail", "servers", what, params, microversion=mv
+        )
+
+    def raw_servers(self) -> list[dict[str, Any]]:
+        return [e for page in self.raw_server_pages() for e in page.entries]
+
+    def raw_deleted_servers(self) -> list[dict[str, Any]]:
+        return [e for page in self.raw_server_pages(deleted=True) for e in page.entries]
 
     def info_is_admin(self) -> bool:
         try:

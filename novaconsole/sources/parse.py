@@ -6,6 +6,7 @@ APIs returned, so what the snapshot tests see is parsed by the same code as the 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -120,6 +121,87 @@ def _use(provider: Mapping[str, Any] | None, resource_class: str) -> ResourceUse
     return ResourceUse(used=used, capacity=int((total - reserved) * ratio))
 
 
+class HypervisorJoin:
+    """Joins ``os-hypervisors`` entries, as they come page by page, with ``os-services``
+    and Placement (see :func:`hypervisor_rows`)."""
+
+    def __init__(
+        self, services: Sequence[Mapping[str, Any]], providers: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        self.computes = {
+            _str(s.get("host")): s for s in services if s.get("binary") == "nova-compute"
+        }
+        self.providers = providers
+        self.by_name = {_str(p.get("name")): (uuid, p) for uuid, p in providers.items()}
+        self.seen_hosts: set[str] = set()
+
+    def row(self, raw: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> HypervisorRow:
+        """The row of one hypervisor; ``keep`` is what the row holds as ``raw`` (``raw``
+        itself if None, else e.g. a :class:`~novaconsole.sources.rawstore.PagedBody`)."""
+        hyp_id = _str(raw.get("id"))
+        name = _str(raw.get("hypervisor_hostname"))
+        host = _str((raw.get("service") or {}).get("host")) or name
+        self.seen_hosts.add(host)
+        provider = self.providers.get(hyp_id) or self.by_name.get(name, ("", None))[1]
+        flags: list[str] = []
+        service = self.computes.get(host)
+        if raw.get("state") == "down" or (service is not None and service.get("state") == "down"):
+            flags.append("compute service down")
+        if raw.get("status") == "disabled":
+            flags.append("compute service disabled")
+        if provider is None:
+            flags.append("no resource provider in Placement")
+        servers = raw.get("servers")
+        if isinstance(servers, list):
+            running: int | None = len(servers)
+        elif isinstance(raw.get("running_vms"), int):
+            running = int(raw["running_vms"])
+        else:
+            running = 0 if "servers" not in raw and provider is not None else None
+        return HypervisorRow(
+            id=hyp_id,
+            name=name,
+            hypervisor_type=sys.intern(_str(raw.get("hypervisor_type"))),
+            state=sys.intern(_str(raw.get("state"))),
+            status=sys.intern(_str(raw.get("status"))),
+            host_ip=_str(raw.get("host_ip")),
+            running_vms=running,
+            vcpu=_use(provider, "VCPU"),
+            memory_mb=_use(provider, "MEMORY_MB"),
+            disk_gb=_use(provider, "DISK_GB"),
+            flags=tuple(flags),
+            raw=raw if keep is None else keep,
+        )
+
+    def unmapped(self) -> list[HypervisorRow]:
+        """Rows of the compute services no hypervisor was seen for (after every page)."""
+        rows: list[HypervisorRow] = []
+        for host, service in sorted(self.computes.items()):
+            if host in self.seen_hosts:
+                continue
+            uuid, provider = self.by_name.get(host, ("", None))
+            flags = [UNMAPPED_FLAG]
+            if service.get("state") == "down":
+                flags.insert(0, "compute service down")
+            rows.append(
+                HypervisorRow(
+                    id=uuid or _str(service.get("id")),
+                    name=host,
+                    hypervisor_type="?",
+                    state=_str(service.get("state")),
+                    status=_str(service.get("status")),
+                    host_ip="",
+                    running_vms=None,
+                    vcpu=_use(provider, "VCPU"),
+                    memory_mb=_use(provider, "MEMORY_MB"),
+                    disk_gb=_use(provider, "DISK_GB"),
+                    flags=tuple(flags),
+                    raw={"service": service, "resource_provider": provider or {}},
+                )
+            )
+        return rows
+
+
 def hypervisor_rows(
     hypervisors: Sequence[Mapping[str, Any]],
     services: Sequence[Mapping[str, Any]],
@@ -135,71 +217,9 @@ def hypervisor_rows(
     os-services lists every cell's services: a ``nova-compute`` service with no hypervisor is
     therefore a host not mapped to a cell, and gets a row of its own saying so.
     """
-    computes = {_str(s.get("host")): s for s in services if s.get("binary") == "nova-compute"}
-    by_name = {_str(p.get("name")): (uuid, p) for uuid, p in providers.items()}
-    rows: list[HypervisorRow] = []
-    seen_hosts: set[str] = set()
-    for raw in hypervisors:
-        hyp_id = _str(raw.get("id"))
-        name = _str(raw.get("hypervisor_hostname"))
-        host = _str((raw.get("service") or {}).get("host")) or name
-        seen_hosts.add(host)
-        provider = providers.get(hyp_id) or by_name.get(name, ("", None))[1]
-        flags: list[str] = []
-        service = computes.get(host)
-        if raw.get("state") == "down" or (service is not None and service.get("state") == "down"):
-            flags.append("compute service down")
-        if raw.get("status") == "disabled":
-            flags.append("compute service disabled")
-        if provider is None:
-            flags.append("no resource provider in Placement")
-        servers = raw.get("servers")
-        if isinstance(servers, list):
-            running: int | None = len(servers)
-        elif isinstance(raw.get("running_vms"), int):
-            running = int(raw["running_vms"])
-        else:
-            running = 0 if "servers" not in raw and provider is not None else None
-        rows.append(
-            HypervisorRow(
-                id=hyp_id,
-                name=name,
-                hypervisor_type=_str(raw.get("hypervisor_type")),
-                state=_str(raw.get("state")),
-                status=_str(raw.get("status")),
-                host_ip=_str(raw.get("host_ip")),
-                running_vms=running,
-                vcpu=_use(provider, "VCPU"),
-                memory_mb=_use(provider, "MEMORY_MB"),
-                disk_gb=_use(provider, "DISK_GB"),
-                flags=tuple(flags),
-                raw=raw,
-            )
-        )
-    for host, service in sorted(computes.items()):
-        if host in seen_hosts:
-            continue
-        uuid, provider = by_name.get(host, ("", None))
-        flags = [UNMAPPED_FLAG]
-        if service.get("state") == "down":
-            flags.insert(0, "compute service down")
-        rows.append(
-            HypervisorRow(
-                id=uuid or _str(service.get("id")),
-                name=host,
-                hypervisor_type="?",
-                state=_str(service.get("state")),
-                status=_str(service.get("status")),
-                host_ip="",
-                running_vms=None,
-                vcpu=_use(provider, "VCPU"),
-                memory_mb=_use(provider, "MEMORY_MB"),
-                disk_gb=_use(provider, "DISK_GB"),
-                flags=tuple(flags),
-                raw={"service": service, "resource_provider": provider or {}},
-            )
-        )
-    return rows
+    join = HypervisorJoin(services, providers)
+    rows = [join.row(raw) for raw in hypervisors]
+    return rows + join.unmapped()
 
 
 def _addresses(raw: Any) -> str:
@@ -212,25 +232,59 @@ def _addresses(raw: Any) -> str:
     return "; ".join(parts)
 
 
+def _interned(value: Any) -> str | None:
+    # Hosts, statuses, flavors and projects repeat across 100,000 rows: one string each.
+    return sys.intern(value) if isinstance(value, str) else None if value is None else str(value)
+
+
+class ServerParser:
+    """Parses the servers of one listing, sharing repeated values between rows.
+
+    Strings that repeat (host, status, flavor, project) are interned and equal timestamps
+    share one ``datetime``, so a row costs its own few fields and not a copy of each.
+    """
+
+    def __init__(self, image_names: Mapping[str, str] | None = None) -> None:
+        self.image_names = image_names or {}
+        self._times: dict[str, datetime | None] = {}
+
+    def _time(self, value: Any) -> datetime | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            return self._times[value]
+        except KeyError:
+            if len(self._times) > 100_000:
+                self._times.clear()
+            stamp = self._times[value] = parse_time(value)
+            return stamp
+
+    def row(self, raw: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> ServerRow:
+        """A row from one entry of ``GET /servers/detail``; ``keep`` is what ``raw`` holds
+        (a :class:`~novaconsole.sources.rawstore.PagedBody` of it), ``raw`` itself if None."""
+        flavor = raw.get("flavor") or {}
+        flavor_name = _str(flavor.get("original_name") or flavor.get("id"))
+        image = raw.get("image")
+        image_id = _str(image.get("id")) if isinstance(image, Mapping) else ""
+        image_label = self.image_names.get(image_id, image_id) if image_id else "(volume)"
+        power = raw.get("OS-EXT-STS:power_state")
+        return ServerRow(
+            id=_str(raw.get("id")),
+            name=_str(raw.get("name")),
+            status=_interned(_str(raw.get("status"))) or "",
+            task_state=_interned(raw.get("OS-EXT-STS:task_state") or None),
+            power_state=POWER_STATES.get(power, _str(power)) if isinstance(power, int) else "",
+            host=_interned(raw.get("OS-EXT-SRV-ATTR:host") or None),
+            flavor=sys.intern(flavor_name),
+            image=sys.intern(image_label),
+            addresses=_addresses(raw.get("addresses")),
+            created_at=self._time(raw.get("created")),
+            project_id=sys.intern(_str(raw.get("tenant_id") or raw.get("project_id"))),
+            raw=raw if keep is None else keep,
+            vm_state=_interned(raw.get("OS-EXT-STS:vm_state") or None),
+        )
+
+
 def server_row(raw: Mapping[str, Any], image_names: Mapping[str, str] | None = None) -> ServerRow:
     """A row from one entry of ``GET /servers/detail``."""
-    flavor = raw.get("flavor") or {}
-    flavor_name = _str(flavor.get("original_name") or flavor.get("id"))
-    image = raw.get("image")
-    image_id = _str(image.get("id")) if isinstance(image, Mapping) else ""
-    image_label = (image_names or {}).get(image_id, image_id) if image_id else "(volume)"
-    power = raw.get("OS-EXT-STS:power_state")
-    return ServerRow(
-        id=_str(raw.get("id")),
-        name=_str(raw.get("name")),
-        status=_str(raw.get("status")),
-        task_state=raw.get("OS-EXT-STS:task_state") or None,
-        power_state=POWER_STATES.get(power, _str(power)) if isinstance(power, int) else "",
-        host=raw.get("OS-EXT-SRV-ATTR:host") or None,
-        flavor=flavor_name,
-        image=image_label,
-        addresses=_addresses(raw.get("addresses")),
-        created_at=parse_time(raw.get("created")),
-        project_id=_str(raw.get("tenant_id") or raw.get("project_id")),
-        raw=raw,
-    )
+    return ServerParser(image_names).row(raw)

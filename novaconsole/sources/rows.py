@@ -48,7 +48,7 @@ class ServiceRow:
     updated_at: datetime | None
     disabled_reason: str | None
     forced_down: bool
-    raw: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(compare=False, repr=False)
 
     @property
     def is_down(self) -> bool:
@@ -124,7 +124,7 @@ class HypervisorRow:
     disk_gb: ResourceUse | None
     #: Human-readable problems: compute service down, host not mapped to a cell, ...
     flags: tuple[str, ...]
-    raw: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,4 +142,7 @@ class ServerRow:
     addresses: str
     created_at: datetime | None
     project_id: str
-    raw: Mapping[str, Any]
+    #: Not compared: two rows showing the same are equal whatever their bodies' storage.
+    raw: Mapping[str, Any] = field(compare=False, repr=False)
+    #: ``OS-EXT-STS:vm_state`` (drift judges by it without decoding the raw body).
+    vm_state: str | None = None

@@ -140,6 +140,8 @@ class NovaConsoleApp(App[int]):
         self.readonly = settings.readonly
         self.plugin_manager = plugin_manager
         self.clock = clock
+        #: ``time.monotonic()`` of the last key or click (see :meth:`on_event`).
+        self.last_input_at = 0.0
         self.cloud_names = cloud_names
         self.remember_theme = remember_theme
         self.source: CloudSource | None = None
@@ -250,6 +252,13 @@ class NovaConsoleApp(App[int]):
         for event in typed_ahead_keys(self.graphics.typed_ahead if self.graphics else b""):
             event.set_sender(self)
             self.post_message(event)
+
+    async def on_event(self, event: events.Event) -> None:
+        # When the operator last typed or clicked: long refreshes wait for a pause in the
+        # input before going on (ResourcePane.pace), so typing never waits for them.
+        if isinstance(event, events.Key | events.MouseDown):
+            self.last_input_at = time.monotonic()
+        await super().on_event(event)
 
     def on_mount(self) -> None:
         self._show_header()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import contains, not_
 
 #: Characters that make a filter a regular expression rather than plain text.
 _REGEX_CHARS = frozenset(".^$*+?{}[]\\|()")
@@ -27,6 +30,9 @@ class RowFilter:
     pattern: re.Pattern[str]
     inverted: bool
     is_regex: bool
+    #: The lower-cased text when it is matched literally: found with ``in``, which is
+    #: several times faster than a regular expression's search (100,000 rows per key).
+    literal: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> RowFilter | None:
@@ -39,12 +45,17 @@ class RowFilter:
             re.compile(body)
             is_regex = any(char in _REGEX_CHARS for char in body)
         except re.error:
-            body, is_regex = re.escape(body), False
+            is_regex = False
+        literal = None if is_regex else body.lower()
+        if not is_regex:
+            body = re.escape(body)
         if re.search(r"\\[A-Za-z]", body):
             pattern = re.compile(body, re.IGNORECASE)
         else:
             pattern = re.compile(body.lower())
-        return cls(text=text, pattern=pattern, inverted=inverted, is_regex=is_regex)
+        return cls(
+            text=text, pattern=pattern, inverted=inverted, is_regex=is_regex, literal=literal
+        )
 
     def narrows(self, previous: RowFilter | None) -> bool:
         """Whether every row this filter keeps was kept by ``previous`` (typing on)."""
@@ -59,11 +70,22 @@ class RowFilter:
 
     def matches(self, haystack: str) -> bool:
         """Whether a lower-cased haystack passes the filter."""
+        if self.literal is not None:
+            return (self.literal in haystack) is not self.inverted
         return (self.pattern.search(haystack) is None) is self.inverted
 
     def select(self, haystacks: list[str], indices: list[int]) -> list[int]:
-        """The subset of ``indices`` whose haystack matches, in order."""
-        search = self.pattern.search
+        """The subset of ``indices`` whose haystack matches, in order.
+
+        Written with ``map``/``compress`` so the loop over rows runs in C: at 100,000 rows a
+        Python-level loop was most of a keystroke's time.
+        """
+        texts = map(haystacks.__getitem__, indices)
+        hits: Iterator[object]
+        if self.literal is not None:
+            hits = map(contains, texts, repeat(self.literal))
+        else:
+            hits = map(self.pattern.search, texts)
         if self.inverted:
-            return [i for i in indices if search(haystacks[i]) is None]
-        return [i for i in indices if search(haystacks[i]) is not None]
+            hits = map(not_, hits)
+        return list(compress(indices, hits))

@@ -16,6 +16,7 @@ class HypervisorsPane(ResourcePane):
 
     pane_name = "hypervisors"
     title = "Hypervisors"
+    PURE_COLUMNS = True
 
     def build_columns(self) -> list[Column]:
         return [

@@ -9,6 +9,8 @@ one runs is queued and runs once when the current one ends.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +33,10 @@ from novaconsole.ui.table import Column, ResourceTable, TableData, prepare_table
 ACTION_LOG = logging.getLogger("novaconsole.console.actions")
 
 Clock = Callable[[], datetime]
+#: The longest a refresh waits for the UI at one step (so steady typing slows it, never stops it).
+PACE_WAIT = 0.25
+#: A refresh waits while the operator has pressed a key (or clicked) this recently.
+QUIET = 0.15
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -85,6 +91,9 @@ class ResourcePane(Vertical):
     MUTATING: ClassVar[frozenset[str]] = frozenset()
     #: How many times :meth:`fetch` yields rows; the last one completes a refresh.
     STAGES: ClassVar[int] = 1
+    #: Whether every cell depends only on its row, so a refresh may reuse the texts of an
+    #: unchanged row (plugin columns may read anything: a pane with them never reuses).
+    PURE_COLUMNS: ClassVar[bool] = False
 
     class Loaded(Message):
         """A worker's result (``final`` is False for a first stage, e.g. before probing)."""
@@ -98,6 +107,13 @@ class ResourcePane(Vertical):
             self.data = data
             self.at = at
             self.final = final
+
+    class Pace(Message):
+        """A worker waits for ``done`` until the pane reaches this message (see :meth:`pace`)."""
+
+        def __init__(self, done: threading.Event) -> None:
+            super().__init__()
+            self.done = done
 
     class Failed(Message):
         """A worker's failure, as one line."""
@@ -140,6 +156,10 @@ class ResourcePane(Vertical):
         self.error_at: datetime | None = None
         self.filter_text = ""
         self.refresh_count = 0
+        self._previous: TableData | None = None
+        self._reusable: list[Any] = []
+        #: When the app last saw a key or click (``time.monotonic``), read by :meth:`pace`.
+        self._last_input: Callable[[], float] = lambda: 0.0
         self.columns: list[Column] = [*self.build_columns(), *self._plugin_columns()]
         for index, action in enumerate(self.extra_actions):
             if readonly and action.mutating:
@@ -154,6 +174,29 @@ class ResourcePane(Vertical):
     def fetch(self, source: CloudSource) -> Iterator[Sequence[Any]]:
         """Blocking: yield the rows (more than once for staged loads). Runs in a thread."""
         raise NotImplementedError
+
+    def reusable_rows(self) -> list[Any]:
+        """In :meth:`fetch`: the rows shown before this refresh, when the pane's cells depend
+        on the row alone (``PURE_COLUMNS``); a source may return those unchanged."""
+        rows, self._reusable = self._reusable, []
+        return rows
+
+    def pace(self) -> None:
+        """Blocking, in a worker: while the operator is typing (a key or click within
+        :data:`QUIET` seconds), wait until the pane has handled what is queued before and
+        the input has gone quiet, for at most :data:`PACE_WAIT` seconds; otherwise return
+        at once. A long refresh then takes its turns between keystrokes instead of
+        competing with the UI thread for the interpreter (slowed by typing, never stopped).
+        """
+        last_input = self._last_input
+        if time.monotonic() - last_input() >= QUIET:
+            return
+        deadline = time.monotonic() + PACE_WAIT
+        done = threading.Event()
+        self.post_message(self.Pace(done))  # thread-safe, and never blocks
+        done.wait(PACE_WAIT)
+        while time.monotonic() < deadline and time.monotonic() - last_input() < QUIET:
+            time.sleep(0.01)
 
     def row_id(self, row: Any) -> str:
         return str(getattr(row, "id", id(row)))
@@ -225,17 +268,45 @@ class ResourcePane(Vertical):
         self.is_loading = True
         self.pending = False
         self._update_status()
-        self._load(self.source, self.generation, list(self.columns))
+        table = next(iter(self.query(ResourceTable)), None) if self.is_mounted else None
+        if self.is_mounted:
+            app = self.app
+            self._last_input = lambda: float(getattr(app, "last_input_at", 0.0))
+        # Handed over through an attribute the worker clears: Textual keeps a finished
+        # worker's arguments, and old rows must not outlive the refresh that replaced them.
+        pure = self.PURE_COLUMNS and not self.extra_columns
+        self._previous = table.data if table is not None and pure else None
+        sort = None
+        if table is not None and table.sort_column is not None:
+            sort = (table.sort_column, table.sort_reverse)
+        self._load(self.source, self.generation, list(self.columns), sort)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def _load(self, source: CloudSource, generation: int, columns: list[Column]) -> None:
+    def _load(
+        self,
+        source: CloudSource,
+        generation: int,
+        columns: list[Column],
+        sort: tuple[int, bool] | None = None,
+    ) -> None:
         worker = get_current_worker()
+        previous, self._previous = self._previous, None
+        self._reusable = previous.rows if previous is not None else []
         try:
             # Stages are posted as each completes (the catalog shows rows before probing).
             for number, rows in enumerate(self.fetch(source)):
                 if worker.is_cancelled:
                     return
-                data = prepare_table(columns, rows, self.row_id, self.row_style)
+                data = prepare_table(
+                    columns,
+                    rows,
+                    self.row_id,
+                    self.row_style,
+                    previous=previous,
+                    sort=sort,
+                    pace=self.pace,
+                )
+                del rows
                 final = number == self.STAGES - 1
                 self.post_message(self.Loaded(self, generation, data, self.clock(), final))
         except Exception as exc:
@@ -250,12 +321,20 @@ class ResourcePane(Vertical):
             return
         self.table.empty_text = "(no rows)"
         self.table.set_data(message.data)
+        # The table owns the rows now; Textual's message loops keep their last message
+        # referenced, which must not keep a replaced refresh's rows alive.
+        message.data = TableData(columns=message.data.columns)
         if message.final:
             self.loaded_at = message.at
             self.error = self.error_at = None
             self.refresh_count += 1
             self._finish_load()
         self._update_status()
+
+    def on_resource_pane_pace(self, message: Pace) -> None:
+        message.stop()
+        # Handled in turn after what was queued before it (keys, redraws): then go on.
+        message.done.set()
 
     def on_resource_pane_failed(self, message: Failed) -> None:
         if message.generation != self.generation:

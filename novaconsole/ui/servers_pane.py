@@ -25,6 +25,7 @@ class ServersPane(ResourcePane):
 
     pane_name = "servers"
     title = "Servers"
+    PURE_COLUMNS = True
     MUTATING = frozenset({"server_action"})
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "server_action('start')", "Start"),
@@ -52,7 +53,10 @@ class ServersPane(ResourcePane):
         ]
 
     def fetch(self, source: CloudSource) -> Iterator[Sequence[Any]]:
-        yield source.servers()
+        shown = self.reusable_rows()
+        reuse = {row.id: row for row in shown if isinstance(row, ServerRow)}
+        del shown
+        yield source.servers(pace=self.pace, reuse=reuse)
 
     def row_style(self, row: Any) -> str | None:
         if row.status == "ERROR":

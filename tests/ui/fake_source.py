@@ -13,11 +13,13 @@ import copy
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from novaconsole.errors import ConnectionFailure
 from novaconsole.sources.base import CloudSource
+from novaconsole.sources.rawstore import ApiPage, decode_page
 from novaconsole.sources.rows import CloudInfo, ServerRow, ServiceRow
 
 RECORDING = Path(__file__).parent / "data" / "lab_recording.json"
@@ -38,11 +40,13 @@ class FakeCloudSource(CloudSource):
         name: str | None = None,
         fail: dict[str, str] | None = None,
         delay: float = 0.0,
+        page_size: int = 1000,
     ) -> None:
         self.data = copy.deepcopy(recording if recording is not None else load_recording())
         self.name = name or str(self.data.get("recorded_from", "fake"))
         self.fail = dict(fail or {})
         self.delay = delay
+        self.page_size = page_size
         self.calls: list[tuple[str, ...]] = []
         self.image_names = {}
         self._lock = threading.Lock()
@@ -124,6 +128,28 @@ class FakeCloudSource(CloudSource):
         self._call("raw_deleted_servers")
         return copy.deepcopy(self.data.get("deleted_servers", []))
 
+    def raw_hypervisor_parts(
+        self,
+    ) -> tuple[Iterator[ApiPage], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Hypervisors in pages of ``page_size``, each encoded and decoded as the API's."""
+        hypervisors, services, providers = self.raw_hypervisors()
+
+        def pages() -> Iterator[ApiPage]:
+            for start in range(0, max(1, len(hypervisors)), self.page_size):
+                batch = hypervisors[start : start + self.page_size]
+                content = json.dumps({"hypervisors": batch}).encode()
+                yield decode_page(content, "hypervisors")
+
+        return pages(), services, providers
+
+    def raw_server_pages(self, deleted: bool = False) -> Iterator[ApiPage]:
+        """Pages of ``page_size`` servers, each encoded and decoded as the API's would be."""
+        self._call("raw_deleted_servers" if deleted else "raw_servers")
+        servers = self.data.get("deleted_servers", []) if deleted else self.data["servers"]
+        for start in range(0, max(1, len(servers)), self.page_size):
+            content = json.dumps({"servers": servers[start : start + self.page_size]}).encode()
+            yield decode_page(content, "servers")
+
     # -- actions (change the recording as Nova would) ----------------------------------
 
     def _service(self, row: ServiceRow) -> dict[str, Any]:
@@ -170,3 +196,99 @@ class FakeCloudSource(CloudSource):
         self._call("remote_console_url", server.id, protocol)
         port = 6083 if protocol == "serial" else 6080
         return f"ws://console.invalid:{port}/?token=recorded-{protocol}"
+
+
+class _Response:
+    """What the console reads of a keystoneauth response: its body as sent."""
+
+    def __init__(self, body: Any) -> None:
+        self.content = json.dumps(body).encode()
+
+
+class FakeNovaAdapter:
+    """``conn.compute`` over a recording, paginating ``GET /servers/detail`` (and
+    ``/os-hypervisors/detail``) as Nova does.
+
+    Nova returns at most ``min(limit, max_limit)`` servers after ``marker`` and, when it
+    cut the list, a ``servers_links`` entry with ``rel: next`` (nova/api/openstack/common.py
+    ``_get_collection_links``). ``max_limit`` is the deployment's ``[api] max_limit``, which
+    caps what a client asks for: a client that stops at a short page loses servers.
+    """
+
+    def __init__(self, recording: dict[str, Any], *, max_limit: int = 1000) -> None:
+        self.data = recording
+        self.max_limit = max_limit
+        #: The query of every request, in order.
+        self.queries: list[dict[str, Any]] = []
+
+    def get_endpoint_data(self) -> Any:
+        class _Data:
+            max_microversion = (2, 100)
+
+        return _Data()
+
+    def get(self, path: str, **kwargs: Any) -> _Response:
+        params = dict(kwargs.get("params") or {})
+        self.queries.append({"path": path, **params})
+        if path == "/os-services":
+            return _Response({"services": self.data["services"]})
+        if path == "/os-hypervisors/detail":
+            return _Response(self._page("hypervisors", self.data["hypervisors"], params))
+        if path != "/servers/detail":
+            raise ConnectionFailure(f"not recorded: GET {path}")
+        deleted = params.get("deleted")
+        servers = self.data.get("deleted_servers", []) if deleted else self.data["servers"]
+        return _Response(self._page("servers", servers, params))
+
+    def _page(self, key: str, items: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+        start = 0
+        if "marker" in params:
+            ids = [s["id"] for s in items]
+            if params["marker"] not in ids:  # Nova answers 400 for an unknown marker
+                raise ConnectionFailure(f"marker {params['marker']} could not be found")
+            start = ids.index(params["marker"]) + 1
+        limit = min(int(params.get("limit", self.max_limit)), self.max_limit)
+        batch = items[start : start + limit]
+        body: dict[str, Any] = {key: batch}
+        if batch and len(batch) == limit:  # Nova links "next" whenever the page is full
+            href = f"http://nova.invalid/v2.1/{key}?limit={limit}&marker={batch[-1]['id']}"
+            body[f"{key}_links"] = [{"rel": "next", "href": href}]
+        return body
+
+
+class FakePlacementAdapter:
+    """``conn.placement`` over a recording's ``resource_providers``."""
+
+    def __init__(self, recording: dict[str, Any]) -> None:
+        self.providers: dict[str, dict[str, Any]] = recording["resource_providers"]
+
+    def get(self, path: str, **kwargs: Any) -> _Response:
+        if path == "/resource_providers":
+            listed = [{"uuid": u, "name": p["name"]} for u, p in self.providers.items()]
+            return _Response({"resource_providers": listed})
+        _, _, uuid, what = path.split("/")
+        return _Response({what: self.providers[uuid][what]})
+
+
+class FakeConnection:
+    """Just enough of ``openstack.connection.Connection`` for the real source's server,
+    hypervisor and service lists."""
+
+    def __init__(
+        self, recording: dict[str, Any], *, max_limit: int = 1000, admin: bool = True
+    ) -> None:
+        self.compute = FakeNovaAdapter(recording, max_limit=max_limit)
+        self.placement = FakePlacementAdapter(recording)
+        roles = ["admin", "member"] if admin else ["member"]
+
+        class _Access:
+            role_names = roles
+
+        class _Auth:
+            def get_access(self, session: Any) -> Any:
+                return _Access()
+
+        class _Session:
+            auth = _Auth()
+
+        self.session = _Session()

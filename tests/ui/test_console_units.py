@@ -26,7 +26,7 @@ from novaconsole.sources.rows import ResourceUse
 from novaconsole.ui.commands import CommandError, completions, parse_command
 from novaconsole.ui.filtering import RowFilter
 from novaconsole.ui.settings import ConsoleSettings, load_settings, save_setting
-from novaconsole.ui.table import Column, prepare_table, update_table
+from novaconsole.ui.table import Column, TableData, prepare_table, update_table
 from novaconsole.ui.themes import (
     builtin_theme_dir,
     load_themes,
@@ -181,7 +181,13 @@ def test_prepare_table_texts_widths_and_sort_keys() -> None:
     data = prepare_table(columns, rows, row_id=lambda r: r["n"])
     assert data.texts == [("b", "10"), ("a", "")]
     assert data.widths == [len("Name") + 2, len("Value") + 2]
-    assert data.sort_keys[0][1] < data.sort_keys[1][1]  # values sort before empty cells
+    assert data.column_keys(1)[0] < data.column_keys(1)[1]  # values sort before empty cells
+    assert data.order(1, False) == [0, 1]
+
+
+def _all_keys(data: TableData) -> list[tuple[object, ...]]:
+    """Every row's sort keys, row by row (prepare_table computes them per column)."""
+    return list(zip(*(data.column_keys(c) for c in range(len(data.columns))), strict=True))
 
 
 def _update_columns() -> list[Column]:
@@ -199,7 +205,7 @@ def test_update_table_matches_prepare_table_then_reuses_unchanged_cells() -> Non
     full = prepare_table(columns, rows, lambda r: r["n"])
     assert changed
     assert (first.texts, first.sort_keys, first.haystacks, first.widths) == (
-        full.texts, full.sort_keys, full.haystacks, full.widths,
+        full.texts, _all_keys(full), full.haystacks, full.widths,
     )  # fmt: skip
 
     same, changed = update_table(first, columns, [dict(r) for r in rows], lambda r: r["n"])
@@ -210,7 +216,7 @@ def test_update_table_matches_prepare_table_then_reuses_unchanged_cells() -> Non
     moved, changed = update_table(same, columns, rows, lambda r: r["n"])
     assert changed
     assert moved.texts[1] == ("a", "900", "900/100")
-    assert moved.sort_keys[1] == (full.sort_keys[1][0], (0, 900), (0, 900))
+    assert moved.sort_keys[1] == (_all_keys(full)[1][0], (0, 900), (0, 900))
     assert moved.texts[0] is first.texts[0]  # the row that did not change is reused
     assert moved.widths == prepare_table(columns, rows, lambda r: r["n"]).widths
 
