@@ -179,6 +179,12 @@ def test_a_live_supervisord_with_this_configuration_counts(tmp_path: Path) -> No
         [sys.executable, "-c", script, "/v/bin/supervisord", "-c", str(tmp_path / "other.conf")]
     )
     try:
+        for proc in (ours, other):  # until each has exec'd (before, /proc shows pytest's argv)
+            cmdline = Path(f"/proc/{proc.pid}/cmdline")
+            for _ in range(500):
+                if b"supervisord" in cmdline.read_bytes():
+                    break
+                time.sleep(0.01)
         keeper.pidfile.write_text(f"{ours.pid}\n")
         assert keeper.daemon_pid() == ours.pid
         keeper.pidfile.write_text(f"{other.pid}\n")
