@@ -186,7 +186,8 @@ def test_a_live_supervisord_with_this_configuration_counts(tmp_path: Path) -> No
                     break
                 time.sleep(0.01)
         keeper.pidfile.write_text(f"{ours.pid}\n")
-        assert keeper.daemon_pid() == ours.pid
+        argv = Path(f"/proc/{ours.pid}/cmdline").read_bytes()
+        assert keeper.daemon_pid() == ours.pid, (argv, Path(f"/proc/{ours.pid}/stat").read_text())
         keeper.pidfile.write_text(f"{other.pid}\n")
         assert keeper.daemon_pid() is None
     finally:
