@@ -469,6 +469,9 @@ def verify(
         raise ConfigError(f"verify: --timeout must be a positive number of seconds, not {timeout}")
     start = time.perf_counter()
     name = default_cloud_name(cloud)
+    # Before connecting: a check may start work of its own that overlaps the SDK's import
+    # and the login (compute-agents reads the agent bus meanwhile).
+    checks = collect_checks(plugin_manager)
     try:
         conn = connect(name, fallback_to_lab=True, timeout=timeout)
     except NovaconsoleError:
@@ -478,7 +481,6 @@ def verify(
     label = name or ("OS_* environment" if conn.config.name == "envvars" else conn.config.name)
     auth_url = (conn.config.get_auth_args() or {}).get("auth_url")
     where = f"cloud {label!r}" + (f" (auth URL {auth_url})" if auth_url else "")
-    checks = collect_checks(plugin_manager)
     connected = time.perf_counter()
     authenticate(conn, where)
     authenticated = time.perf_counter()
