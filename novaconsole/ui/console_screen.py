@@ -163,8 +163,13 @@ class ConsoleScreen(Screen[None]):
             threading.Thread(target=session.close, daemon=True).start()
             return
         self.session = session
-        self.state = "connected"
         self._send_keys_loop(session)
+        if self.state != "connecting":
+            # The session ended before this ran (a proxy that hangs up at once): its Ended
+            # message and this call come by different queues, in either order.
+            self._draw()
+            return
+        self.state = "connected"
         drawn = self.graphics.protocol
         how = "" if drawn == "cells" else f" · {drawn} graphics"
         self._status(f"connected to {session.where} ({session.handshake.name}){how}")

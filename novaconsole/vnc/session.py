@@ -76,6 +76,8 @@ class RfbSession:
         #: Why the session ended (one line), or None while it runs or after :meth:`close`.
         self.error: str | None = None
         self.closed = False
+        #: Set (under the lock) once the reader thread told its listeners the session ended.
+        self._ended = False
 
     # -- opening -------------------------------------------------------------------------
 
@@ -172,8 +174,11 @@ class RfbSession:
                 self.error = reason
                 self.closed = True
                 self._changed.notify_all()
+                self._ended = True
+                listeners = list(self._listeners)
             self.transport.close()
-            self._dispatch([Disconnected(reason)])
+            for listener in listeners:
+                listener(Disconnected(reason))
 
     def _send_pending(self) -> None:
         with self._lock:
@@ -189,8 +194,18 @@ class RfbSession:
     # -- listening -----------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` for every event, in the reader thread (keep it short)."""
-        self._listeners.append(listener)
+        """Call ``listener(event)`` for every event, in the reader thread (keep it short).
+
+        A session can end before anyone listens (a proxy that hangs up at once): a
+        listener added after the end is told :class:`Disconnected` at once, in this
+        thread, or it would wait for an end that already happened.
+        """
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                self._listeners.append(listener)
+        if ended:
+            listener(Disconnected(self.error))
 
     def remove_listener(self, listener: Listener) -> None:
         with contextlib.suppress(ValueError):
