@@ -35,8 +35,13 @@ if TYPE_CHECKING:
     from novaconsole.site import Site
 
 
-#: Seconds a service must stay up before it counts as RUNNING (supervisord's startsecs).
-START_SECONDS = 3
+#: Seconds a service must stay up before it counts as RUNNING (supervisord's startsecs,
+#: and its default). It was 3, but every keeper step waits it out, one after another
+#: (eleven in a cold lab up: some 20 s of the lab's cold start), and it proved little:
+#: the Python services take longer than that to import before reading their config, so
+#: their config errors come later anyway. What proves a service up is its health check
+#: (APIs) or the next step that uses it.
+START_SECONDS = 1
 
 
 @dataclass(frozen=True)
