@@ -28,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,9 +136,13 @@ class AgentBusBrokerStep(Step[list[str]]):
         return True
 
     def check(self, ctx: RunContext) -> list[str]:
-        # Two rabbitmqctl calls in all (each costs an Erlang VM start, seconds): the vhost's
-        # permissions, and its topic permissions; passwords are checked by logging in.
-        perms = _ctl("list_permissions", "-p", self.vhost)
+        # Two rabbitmqctl calls in all, side by side (each starts an Erlang VM: 0.5 s of a
+        # core here): the vhost's permissions and its topic permissions; passwords are
+        # checked by logging in.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            topics_call = pool.submit(_ctl, "list_topic_permissions", "-p", self.vhost)
+            perms = _ctl("list_permissions", "-p", self.vhost)
+            topics = topics_call.result().stdout.splitlines()
         if perms.returncode != 0:
             if "no_such_vhost" in perms.stderr or "does not exist" in perms.stderr:
                 return [f"create vhost {self.vhost}"] + [
@@ -149,7 +154,6 @@ class AgentBusBrokerStep(Step[list[str]]):
                 f"{self.site.rabbit_host}: "
                 f"{(perms.stderr.strip().splitlines() or ['no output'])[-1]}"
             )
-        topics = _ctl("list_topic_permissions", "-p", self.vhost).stdout.splitlines()
         have = set(perms.stdout.splitlines())
         have_topics = set(topics)
         missing: list[str] = []
@@ -175,39 +179,48 @@ class AgentBusBrokerStep(Step[list[str]]):
 
     def apply(self, ctx: RunContext, changes: list[str]) -> None:
         where = f"RabbitMQ on {self.site.rabbit_host}"
-        if _ctl("add_vhost", self.vhost).returncode not in (0, 70):  # 70: already exists
-            raise StepFailed(f"rabbitmqctl add_vhost {self.vhost} failed on {where}")
-        # ``list_users`` takes no column names in 3.10 (it prints "user<TAB>tags").
-        listing = _ctl("list_users")
-        if listing.returncode != 0:
-            raise StepFailed(f"rabbitmqctl list_users failed on {where}")
-        existing = {line.split("\t")[0] for line in listing.stdout.splitlines()}
-        for user in broker_users(self.site):
-            password = _password(user.password_file)
-            verb = "change_password" if user.name in existing else "add_user"
-            # The password travels on stdin, never on the command line.
-            if _ctl(verb, user.name, input_text=password).returncode != 0:
-                raise StepFailed(f"rabbitmqctl could not set up user {user.name} on {where}")
-            p = user.permissions
+        # Each rabbitmqctl call starts an Erlang VM; two at a time take little longer than
+        # one on this 2-core machine, so independent calls go side by side.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            listing_call = pool.submit(_ctl, "list_users")
+            if _ctl("add_vhost", self.vhost).returncode not in (0, 70):  # 70: already exists
+                raise StepFailed(f"rabbitmqctl add_vhost {self.vhost} failed on {where}")
+            # ``list_users`` takes no column names in 3.10 (it prints "user<TAB>tags").
+            listing = listing_call.result()
+            if listing.returncode != 0:
+                raise StepFailed(f"rabbitmqctl list_users failed on {where}")
+            existing = {line.split("\t")[0] for line in listing.stdout.splitlines()}
+            # One user's calls in order (the user before its permissions), users in parallel.
+            for done in [
+                pool.submit(self._set_up, user, existing, where) for user in broker_users(self.site)
+            ]:
+                done.result()
+
+    def _set_up(self, user: BrokerUser, existing: set[str], where: str) -> None:
+        """A broker user with its password and its permissions on the bus's vhost."""
+        password = _password(user.password_file)
+        verb = "change_password" if user.name in existing else "add_user"
+        # The password travels on stdin, never on the command line.
+        if _ctl(verb, user.name, input_text=password).returncode != 0:
+            raise StepFailed(f"rabbitmqctl could not set up user {user.name} on {where}")
+        p = user.permissions
+        proc = _ctl("set_permissions", "-p", self.vhost, user.name, p.configure, p.write, p.read)
+        if proc.returncode != 0:
+            raise StepFailed(f"rabbitmqctl set_permissions for {user.name} failed on {where}")
+        if p.topic_write is not None or p.topic_read is not None:
             proc = _ctl(
-                "set_permissions", "-p", self.vhost, user.name, p.configure, p.write, p.read
+                "set_topic_permissions",
+                "-p",
+                self.vhost,
+                user.name,
+                EXCHANGE_AGENTS,
+                p.topic_write or ".*",
+                p.topic_read or ".*",
             )
             if proc.returncode != 0:
-                raise StepFailed(f"rabbitmqctl set_permissions for {user.name} failed on {where}")
-            if p.topic_write is not None or p.topic_read is not None:
-                proc = _ctl(
-                    "set_topic_permissions",
-                    "-p",
-                    self.vhost,
-                    user.name,
-                    EXCHANGE_AGENTS,
-                    p.topic_write or ".*",
-                    p.topic_read or ".*",
+                raise StepFailed(
+                    f"rabbitmqctl set_topic_permissions for {user.name} failed on {where}"
                 )
-                if proc.returncode != 0:
-                    raise StepFailed(
-                        f"rabbitmqctl set_topic_permissions for {user.name} failed on {where}"
-                    )
 
 
 class KeyPairStep(Step[bool]):
