@@ -30,7 +30,11 @@ HISTORY = (
     "GlusterFS volume, the agent and its broker set-up added; load 2.9, two other "
     "engineers' environments building): cold 138.8 s, warm 6.5 s, but that lab reused an "
     "earlier lab's Neutron database (a bug since fixed: lab.neutron.stale-database), so "
-    "Neutron's db-sync had little to do; the run above made it afresh. Of the warm re-run, "
+    "Neutron's db-sync had little to do. 19:55 with a fresh Neutron database: cold "
+    "159.2 s at load 3.2 (helpers' benchmarks running). 20:58 at load 1.4, a program "
+    "counting as started after 1 s instead of 3 (eleven keeper steps waited it out in "
+    "turn): 121.2 s. The run above adds the broker's rabbitmqctl calls side by side. "
+    "Of the warm re-run, "
     "the guest's packages check (dpkg, 1.6 s), the broker's users and vhosts (rabbitmqctl, "
     "1.1 + 0.9 s) and Keystone's catalog (1.1 s) take most; every other step < 0.2 s."
 )
