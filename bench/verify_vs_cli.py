@@ -34,7 +34,13 @@ HISTORY = (
     "running); 9.0x on an idle machine before `novaconsole` froze its objects at exit "
     "(`gc.freeze()` in `novaconsole.cli.run`: CPython's last collection walked every "
     "openstacksdk object, ~60 ms); 10.5x-11.0x idle after. The SDK import (~0.15 s, "
-    "every service proxy) is the floor while verify uses openstacksdk's config loader."
+    "every service proxy) is the floor while verify uses openstacksdk's config loader. "
+    "2026-12-04 (this machine: both tools about 1.6x slower than on 2026-11-24's; verify "
+    "now also checks networking and, where agents are configured, the agent bus): 7.9x "
+    "under load, then 8.0x at load 1.2 after the agent check's bus read was moved to "
+    "overlap the SDK's import. `import openstack.config` alone costs what "
+    "`import openstack.connection` does here (252 vs 262 ms: the package's __init__ "
+    "loads the connection layer), so the config loader is no way round that floor."
 )
 SECTION = "## verify"
 
