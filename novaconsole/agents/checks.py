@@ -6,8 +6,9 @@ exists); a cloud without agents is not failed for lacking them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from novaconsole.agents.model import AgentState
@@ -67,9 +68,17 @@ def agents_check(timeout: float = 10.0) -> Check:
     reading every agent's last messages overlap those (verify's whole run was 0.3 s
     before this check existed; run after them, the read added a tenth of a second).
     """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-agents")
-    agents = pool.submit(_read_agents, timeout)
-    pool.shutdown(wait=False)
+    agents: Future[list[AgentState]] = Future()
+
+    def read() -> None:
+        try:
+            agents.set_result(_read_agents(timeout))
+        except BaseException as exc:  # handed to run(), which reports it as the check's
+            agents.set_exception(exc)
+
+    # A daemon thread: a verify that fails before its checks run (a wrong password, an
+    # unreachable cloud) must not wait at exit for a broker that does not answer.
+    threading.Thread(target=read, name="verify-agents", daemon=True).start()
 
     def run(conn: Any) -> CheckResult:
         services = service_rows(conn.compute.services())
