@@ -378,6 +378,15 @@ class BridgeProcess:
         self.child.wait(timeout=30)
 
 
+def first_frame(transport: Transport, label: str) -> Transport:
+    """One session's handshake and first full frame (Raw): what each concurrent one does."""
+    hs = perform_handshake(transport, label)
+    set_raw(transport)
+    request(transport, 0, 0, hs.width, hs.height)
+    read_update(Stream(transport), hs.pixel_format.bits_per_pixel // 8)
+    return transport
+
+
 def direct_concurrent_sessions(host: str, port: int, count: int) -> dict[str, Any]:
     """The peer of :func:`concurrent_sessions`: the same sessions straight to the VNC
     server over TCP, all held open at once (how many the server itself serves)."""
@@ -393,11 +402,7 @@ def direct_concurrent_sessions(host: str, port: int, count: int) -> dict[str, An
         try:
             sock = socket.create_connection((host, port), timeout=10)
             sock.settimeout(10)
-            transport = SocketTransport(sock)
-            hs = perform_handshake(transport, "direct")
-            set_raw(transport)
-            request(transport, 0, 0, hs.width, hs.height)
-            read_update(Stream(transport), hs.pixel_format.bits_per_pixel // 8)
+            transport = first_frame(SocketTransport(sock), "direct")
             with lock:
                 opened.append(transport)
         except Exception as exc:
@@ -440,11 +445,7 @@ def concurrent_sessions(host: str, port: int, count: int) -> dict[str, Any]:
 
         def one(url: str) -> None:
             try:
-                transport = websocket_transport(url, None)
-                hs = perform_handshake(transport, "bridge")
-                set_raw(transport)
-                request(transport, 0, 0, hs.width, hs.height)
-                read_update(Stream(transport), hs.pixel_format.bits_per_pixel // 8)
+                transport = first_frame(websocket_transport(url, None), "bridge")
                 with lock:
                     transports.append(transport)
             except Exception as exc:
