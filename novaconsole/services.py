@@ -280,11 +280,8 @@ class Supervisor(ServiceKeeper):
         reused, an unrelated process: either way, asking its socket would be refused. So the
         pid counts only for a live process running supervisord with this configuration.
         """
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if not _alive(pid):
+        pid = self._recorded_pid()
+        if pid is None or not _alive(pid):
             return None
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -294,6 +291,13 @@ class Supervisor(ServiceKeeper):
         words = [os.fsdecode(a) for a in argv]
         ours = any(Path(w).name == "supervisord" for w in words) and str(self.conf) in words
         return pid if ours else None
+
+    def _recorded_pid(self) -> int | None:
+        """The pid the pid file names (alive or not), None without a readable one."""
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def orphans(self) -> list[Orphan]:
         """Processes our programs started that outlived this supervisord (it was killed
@@ -309,10 +313,7 @@ class Supervisor(ServiceKeeper):
         """
         if self.daemon_pid() is not None:
             return []
-        try:
-            session: int | None = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            session = None
+        session = self._recorded_pid()
         if session is not None and _alive(session):
             session = None  # the number is another process's now: its session is not ours
         marker = f"SUPERVISOR_SERVER_URL=unix://{self.socket}".encode()

@@ -171,7 +171,7 @@ def test_a_stale_supervisord_pid_file_does_not_count_as_a_running_keeper(tmp_pat
 def test_a_live_supervisord_with_this_configuration_counts(tmp_path: Path) -> None:
     keeper = Supervisor(tmp_path, tmp_path / "bin")
     # The command line supervisord's console script runs with; another lab's differs only in -c.
-    script = "import time; time.sleep(60)"
+    script = SLEEP
     ours = subprocess.Popen(
         [sys.executable, "-c", script, "/v/bin/supervisord", "-c", str(keeper.conf)]
     )
@@ -204,7 +204,7 @@ def test_processes_a_killed_supervisord_left_are_found_by_its_socket_and_stopped
     # (they hold the ports its next programs need); another keeper's are left alone.
     keeper = Supervisor(tmp_path / "lab", tmp_path / "bin")
     other = Supervisor(tmp_path / "other", tmp_path / "bin")
-    script = "import time; time.sleep(60)"
+    script = SLEEP
 
     def program(owner: Supervisor, name: str) -> subprocess.Popen[bytes]:
         env = {
